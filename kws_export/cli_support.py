@@ -1,0 +1,37 @@
+"""Run a click group so that user errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from kws_export.errors import KWSError
+
+
+def run_click(group: click.Group, prog_name: str, argv: list[str] | None = None) -> int:
+    """Return the exit code; never lets a traceback reach the user unless KWS_DEBUG=1."""
+    try:
+        rv = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        print(f"{prog_name}: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KWSError as exc:
+        print(f"{prog_name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog_name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line, details on request
+        if os.environ.get("KWS_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"{prog_name}: internal error: {type(exc).__name__}: {first} (set KWS_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,52 @@
+"""Small file helpers shared by every command: input checks and atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from kws_export.errors import KWSError
+
+
+def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
+    """Fail with a one-line KWSError unless ``path`` is a non-empty readable file."""
+    p = Path(path)
+    if not p.exists():
+        raise KWSError(f"{p}: {what} not found")
+    if p.is_dir():
+        raise KWSError(f"{p}: is a directory, expected a {what}")
+    if not os.access(p, os.R_OK):
+        raise KWSError(f"{p}: {what} is not readable (permission denied)")
+    if p.stat().st_size == 0:
+        raise KWSError(f"{p}: {what} is empty")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    A failure (or an interrupt) leaves any existing file untouched and no partial
+    file behind.  An unwritable destination is reported before any work is done.
+    """
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if dest.is_dir():
+        raise KWSError(f"{dest}: is a directory, expected an output file path")
+    if not parent.is_dir():
+        raise KWSError(f"{dest}: output directory {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise KWSError(f"{dest}: cannot write output ({exc.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,56 @@
+"""Describe an exported ONNX file: kws metadata, inputs/outputs, quantized node count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kws_export.errors import KWSError
+from kws_export.fileio import check_readable
+
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
+
+
+def load_onnx_model(path: str | Path):
+    import onnx
+
+    p = check_readable(path, "ONNX model")
+    try:
+        return onnx.load(str(p))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise KWSError(f"{p}: not an ONNX model ({first})") from None
+
+
+def kws_metadata(model) -> dict[str, object]:
+    """The ``kws.*`` metadata_props, JSON values decoded."""
+    meta: dict[str, object] = {}
+    for prop in model.metadata_props:
+        if not prop.key.startswith("kws."):
+            continue
+        try:
+            meta[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            meta[prop.key] = prop.value
+    return meta
+
+
+def _shape(value_info) -> list:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+def describe_onnx(path: str | Path) -> dict:
+    model = load_onnx_model(path)
+    ops = [n.op_type for n in model.graph.node]
+    return {
+        "path": str(path),
+        "kind": "onnx",
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "inputs": {i.name: _shape(i) for i in model.graph.input},
+        "outputs": {o.name: _shape(o) for o in model.graph.output},
+        "nodes": len(ops),
+        "quantized_nodes": sum(op in QUANT_OPS for op in ops),
+        "metadata": kws_metadata(model),
+        "size_bytes": Path(path).stat().st_size,
+    }

@@ -1,0 +1,1 @@
+"""On-device runtime: ``runtime/detect.py`` needs only numpy and onnxruntime."""

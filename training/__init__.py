@@ -1,0 +1,1 @@
+"""kws-edge training: synthetic data, augmentation, teacher training, distillation, metrics, reports."""

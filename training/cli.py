@@ -1,0 +1,23 @@
+"""``kws-train``: make data, train the teacher, distil students, evaluate, report."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kws_export.cli_support import run_click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kws-edge")
+def cli() -> None:
+    """Train kws-edge keyword spotters on CPU (CUDA when available)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_click(cli, "kws-train", argv))
+
+
+if __name__ == "__main__":
+    main()
