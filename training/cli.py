@@ -7,12 +7,17 @@ import sys
 import click
 
 from kws_export.cli_support import run_click
+from training import cli_data, cli_train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kws-edge")
 def cli() -> None:
     """Train kws-edge keyword spotters on CPU (CUDA when available)."""
+
+
+for _command in (*cli_data.COMMANDS, *cli_train.COMMANDS):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

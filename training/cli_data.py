@@ -1,0 +1,3 @@
+"""Data commands of kws-train (synth)."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Model commands of kws-train (teacher, distill, eval, report)."""
+
+COMMANDS: list = []
