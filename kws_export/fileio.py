@@ -44,6 +44,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise KWSError(f"{dest}: cannot write output ({exc.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
