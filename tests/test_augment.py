@@ -1,0 +1,180 @@
+"""training.augment and training.streams: each operation does what it says, seeds reproduce."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import (AugmentConfig, Augmenter, NoiseBank, augment_waves, make_long_batch, make_long_sequence,
+                              reverberate, spec_augment, speed_perturb, time_shift)
+from training.streams import make_stream
+
+SR = 16000
+
+
+def only(name, **kw) -> AugmentConfig:
+    cfg = AugmentConfig.none()
+    setattr(cfg, name, True)
+    if hasattr(cfg, f"{name}_prob"):
+        setattr(cfg, f"{name}_prob", 1.0)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tones(batch=4, freq=500.0, amp=0.3):
+    t = torch.arange(SR) / SR
+    return (amp * torch.sin(2 * torch.pi * freq * t)).repeat(batch, 1)
+
+
+def words(batch=8, seed=0):
+    """Clips with a 0.4 s 'word' (a noise burst) somewhere in the middle."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, SR)
+    for i in range(batch):
+        start = 3000 + 400 * (i % 8)
+        x[i, start:start + 6400] = 0.2 * torch.randn(6400, generator=g)
+    return x
+
+
+def peak_hz(x):
+    spec = torch.fft.rfft(x * torch.hann_window(x.shape[-1]))
+    return torch.fft.rfftfreq(x.shape[-1], 1 / SR)[spec.abs().argmax(dim=-1)]
+
+
+def test_same_seed_same_batch_and_different_seed_differs():
+    noises = [np.random.default_rng(1).standard_normal(3 * SR).astype(np.float32) * 0.1]
+    x = words(16)
+    a = Augmenter(AugmentConfig(reverb_prob=0.5), noises, seed=3)
+    b = Augmenter(AugmentConfig(reverb_prob=0.5), noises, seed=3)
+    first = [a.waves(x), a.waves(x)]
+    assert torch.equal(first[0], b.waves(x)) and torch.equal(first[1], b.waves(x))
+    assert not torch.equal(first[0], first[1])  # the generator moves on between batches
+    assert not torch.equal(first[0], Augmenter(AugmentConfig(reverb_prob=0.5), noises, seed=4).waves(x))
+    logmel = torch.randn(16, 40, 101)
+    assert torch.equal(Augmenter(seed=9).spec(logmel), Augmenter(seed=9).spec(logmel))
+    assert torch.equal(augment_waves(x, AugmentConfig.none(), NoiseBank(None, SR), torch.Generator()), x.clamp(-1, 1))
+
+
+def test_gain_and_shift():
+    x = words(4)
+    y = Augmenter(only("gain", gain_db=(6.0, 6.0))).waves(x)
+    torch.testing.assert_close(y, (x * 10 ** (6 / 20)).clamp(-1, 1))
+    shifted = time_shift(x, torch.tensor([0, 100, -100, 16000]))
+    assert torch.equal(shifted[0], x[0])
+    assert torch.equal(shifted[1, 100:], x[1, :-100]) and torch.all(shifted[1, :100] == 0)
+    assert torch.equal(shifted[2, :-100], x[2, 100:]) and torch.all(shifted[2, -100:] == 0)
+    assert torch.all(shifted[3] == 0)
+    moved = Augmenter(only("shift", shift_s=0.1), seed=1).waves(x)
+    for i in range(4):  # every example is the original moved by at most 0.1 s
+        assert any(torch.equal(moved[i], time_shift(x[i:i + 1], torch.tensor([s]))[0]) for s in range(-1600, 1601))
+
+
+def test_speed_changes_pitch_and_keeps_length():
+    y = speed_perturb(tones(2, 1000.0), torch.tensor([1.1, 0.9], dtype=torch.float64))
+    assert y.shape == (2, SR)
+    hz = peak_hz(y[:, 2000:-2000])
+    assert abs(float(hz[0]) - 1100) < 10 and abs(float(hz[1]) - 900) < 10
+    quick = Augmenter(only("speed", speed_range=(1.1, 1.1))).waves(words(2))
+    assert (quick[:, :400].abs().sum() == 0) and (quick[:, -400:].abs().sum() == 0)  # shorter: padded both sides
+
+
+def test_noise_hits_the_requested_snr():
+    x = words(16)
+    noise = [np.random.default_rng(0).standard_normal(5 * SR).astype(np.float32)]
+    y = Augmenter(only("noise", snr_db=(10.0, 10.0)), noise, seed=0).waves(x)
+    added = y - x
+    snr = 10 * torch.log10(x.pow(2).mean(1) / added.pow(2).mean(1))
+    torch.testing.assert_close(snr, torch.full((16,), 10.0), atol=0.05, rtol=0)
+    silent = Augmenter(only("noise"), noise).waves(torch.zeros(4, SR))  # no speech: an absolute quiet level
+    level = 10 * torch.log10(silent.pow(2).mean(1))
+    assert torch.all((level > -56) & (level < -34))
+
+
+def test_reverb_tail_follows_rt60_and_keeps_level():
+    impulse = torch.zeros(2, SR)
+    impulse[:, 1000] = 0.5
+    g = torch.Generator().manual_seed(0)
+    y = reverberate(impulse, torch.tensor([0.1, 0.6], dtype=torch.float64), torch.tensor([0.0, 0.0], dtype=torch.float64),
+                    torch.tensor([6000.0, 6000.0], dtype=torch.float64), g)
+    torch.testing.assert_close(y.pow(2).mean(1).sqrt(), impulse.pow(2).mean(1).sqrt())
+    late = y[:, 1000 + int(0.2 * SR):1000 + int(0.3 * SR)].pow(2).sum(1) / y.pow(2).sum(1)
+    assert late[0] < 1e-4 < late[1]  # 0.2-0.3 s after the impulse only the long room still rings
+    assert torch.all(y[:, :1000].abs() < 1e-4)  # causal
+
+
+def test_spec_augment_masks_bands_with_the_mean():
+    logmel = torch.randn(32, 40, 101)
+    cfg = AugmentConfig(freq_masks=1, freq_mask_width=6, time_masks=1, time_mask_width=10)
+    out = spec_augment(logmel, cfg, torch.Generator().manual_seed(0))
+    changed = out != logmel
+    fill = logmel.mean(dim=(1, 2))
+    for i in range(32):
+        assert torch.allclose(out[i][changed[i]], fill[i].expand(int(changed[i].sum())))
+        rows = changed[i].all(dim=1).sum()
+        cols = changed[i].all(dim=0).sum()
+        assert rows <= 6 and cols <= 10
+    assert changed.any()
+    assert torch.equal(spec_augment(logmel, AugmentConfig.none(), torch.Generator()), logmel)
+
+
+def test_full_chain_is_fast_on_a_cpu_batch():
+    x = words(8).repeat(32, 1)  # 256 x 16000
+    aug = Augmenter(AugmentConfig(reverb_prob=0.5), [np.random.default_rng(0).standard_normal(60 * SR).astype(np.float32)])
+    start = time.perf_counter()
+    y = aug.waves(x)
+    assert time.perf_counter() - start < 5.0
+    assert y.shape == x.shape and torch.isfinite(y).all() and y.abs().max() <= 1.0
+
+
+def test_config_round_trip():
+    cfg = AugmentConfig(snr_db=(3.0, 9.0), reverb=False)
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    assert Augmenter(cfg).describe()["snr_db"] == [3.0, 9.0]
+
+
+# Long sequences and streams --------------------------------------------------------------
+def clip_set(n=12):
+    x = words(n).numpy()
+    labels = np.array([i % 3 == 0 for i in range(n)], dtype=np.int64)
+    return x, labels
+
+
+def test_long_sequence_positions_labels_and_determinism():
+    x, labels = clip_set()
+    noises = [np.random.default_rng(0).standard_normal(2 * SR).astype(np.float32)]  # shorter than the sequence: looped
+    seq = make_long_sequence(x, labels, noises, duration_s=20.0, seed=4)
+    again = make_long_sequence(x, labels, noises, duration_s=20.0, seed=4)
+    assert torch.equal(seq.audio, again.audio) and torch.equal(seq.positions, again.positions)
+    assert seq.audio.shape == (20 * SR,) and len(seq.labels) == len(seq.positions) >= 8
+    pos = seq.positions.numpy()
+    assert np.all(pos[1:, 0] >= pos[:-1, 1]) and pos[-1, 1] <= 20 * SR and np.all(pos[:, 1] - pos[:, 0] == SR)
+    sp = seq.speech.numpy()
+    assert np.all((sp[:, 0] >= pos[:, 0]) & (sp[:, 1] <= pos[:, 1]) & (sp[:, 1] > sp[:, 0]))
+    for (a, b), label in zip(pos, seq.labels.tolist()):
+        segment = seq.audio[a:b].numpy()
+        assert label in (0, 1) and np.abs(segment).max() > 0.3  # a word burst is there
+    batch, seqs = make_long_batch(x, labels, noises, batch_size=3, duration_s=5.0, seed=1, keyword_prob=1.0)
+    assert batch.shape == (3, 5 * SR) and all(s.labels.tolist() == [1] * len(s.labels) for s in seqs)
+    fixed = make_long_sequence(torch.from_numpy(x), torch.from_numpy(labels), None, n_clips=5, seed=0)
+    tail = fixed.audio.shape[0] - int(fixed.positions[-1, 1])
+    assert len(fixed.labels) == 5 and 0.1 * SR <= tail <= 1.0 * SR  # n_clips mode ends with one gap
+
+
+def test_stream_places_keywords_where_it_says():
+    x, labels = clip_set()
+    noise = [np.random.default_rng(2).standard_normal(10 * SR).astype(np.float32)]
+    audio, spans = make_stream((x, labels), duration_s=60.0, keyword_every_s=8.0, seed=3, noises=noise, snr_db=(20.0, 20.0))
+    assert audio.dtype == np.float32 and audio.shape == (60 * SR,)
+    assert 4 <= len(spans) <= 12
+    assert all(0 <= a < b <= 60 and b - a == pytest.approx(0.44, abs=0.05) for a, b in spans)
+    for a, b in spans:  # loud inside the span, the noise bed just before it
+        inside = audio[int(a * SR):int(b * SR)]
+        before = audio[int(a * SR) - 1600:int(a * SR) - 400]
+        assert np.sqrt(np.mean(inside ** 2)) > 3 * np.sqrt(np.mean(before ** 2))
+    same, same_spans = make_stream((torch.from_numpy(x), torch.from_numpy(labels)), duration_s=60.0, keyword_every_s=8.0,
+                                   seed=3, noises=noise, snr_db=(20.0, 20.0))
+    assert np.array_equal(audio, same) and spans == same_spans
+    quiet, none = make_stream((x, labels), duration_s=30.0, keyword_every_s=None, seed=0)
+    assert none == [] and quiet.shape == (30 * SR,)
