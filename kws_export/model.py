@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kws_export import streaming
 from kws_export.config import CRNNConfig
 from kws_export.frontend import LogMel
 
@@ -70,6 +71,28 @@ class CRNN(nn.Module):
     def keyword_prob(self, audio: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch,) probability of the keyword (class 1)."""
         return torch.softmax(self.forward(audio), dim=-1)[:, 1]
+
+    # Streaming mode (docs/streaming.md; the pieces live in kws_export/streaming.py) ----
+    def stream_spec(self, window_ms: float | None = None) -> streaming.StreamSpec:
+        return streaming.stream_spec(self.config, window_ms)
+
+    def init_state(self, batch: int = 1, window_ms: float | None = None) -> dict[str, torch.Tensor]:
+        """State of a detector that has heard only silence (dict of batch-first tensors)."""
+        return streaming.init_state(self.stream_spec(window_ms), batch)
+
+    def step(self, chunk: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """chunk (batch, k * step_samples) -> (P(keyword) per step (batch, k), new state).
+        The attention window is the one ``state`` was made with."""
+        spec = self.stream_spec()
+        streaming.check_chunk(chunk, spec.step_samples)
+        return streaming.step(chunk, state, streaming.params(self), spec.n_fft, spec.hop,
+                              list(self.config.stride), self.config.gru_layers)
+
+    def stream_reference(self, audio: torch.Tensor, window_ms: float | None = None) -> torch.Tensor:
+        """(batch, samples) -> (batch, samples // step_samples): what ``step`` emits over
+        the whole stream, computed offline in one batched, differentiable pass."""
+        return streaming.reference(audio, self.gru, streaming.params(self), self.stream_spec(window_ms),
+                                   list(self.config.stride))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -40,6 +40,16 @@ def _shape(value_info) -> list:
     return [d.dim_param or d.dim_value for d in dims]
 
 
+def int8_products(model) -> int:
+    """Matrix products (Gemm, MatMul, Conv) whose two operands are both dequantized int8:
+    onnxruntime runs these as integer kernels (QGemm, QLinearMatMul, QLinearConv)."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return sum(
+        1 for n in model.graph.node
+        if n.op_type in ("Gemm", "MatMul", "Conv") and all(producer.get(i) == "DequantizeLinear" for i in n.input[:2])
+    )
+
+
 def describe_onnx(path: str | Path) -> dict:
     model = load_onnx_model(path)
     ops = [n.op_type for n in model.graph.node]
@@ -51,6 +61,7 @@ def describe_onnx(path: str | Path) -> dict:
         "outputs": {o.name: _shape(o) for o in model.graph.output},
         "nodes": len(ops),
         "quantized_nodes": sum(op in QUANT_OPS for op in ops),
+        "int8_products": int8_products(model),
         "metadata": kws_metadata(model),
         "size_bytes": Path(path).stat().st_size,
     }

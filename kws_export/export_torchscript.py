@@ -1,0 +1,117 @@
+"""TorchScript export.
+
+Offline: ``torch.jit.load(path)(chunk)`` maps a waveform batch (batch, samples) — or one
+waveform (samples,) — to P(keyword) (batch,): a drop-in for the course's ``stream.py``.
+Streaming: the scripted module has ``init_state(batch)`` and ``step(chunk, state)``
+(also its ``forward``), running exactly kws_export/streaming.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from kws_export import streaming
+from kws_export.errors import KWSError
+from kws_export.fileio import atomic_output
+from kws_export.model import CRNN
+from kws_export.streaming import StreamSpec
+
+
+class OfflineProb(nn.Module):
+    """The offline clip model (centred frames, GRU from zero) returning P(keyword)."""
+
+    def __init__(self, model: CRNN):
+        super().__init__()
+        self.n_fft = model.config.n_fft
+        self.hop = model.config.hop
+        self.register_buffer("window", model.frontend.window.detach().clone())
+        self.register_buffer("fb", model.frontend.fb.detach().clone())
+        self.conv = model.conv
+        self.gru = model.gru
+        self.attention = model.attention
+        self.classifier = model.classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        # LogMel.forward(center=True), spelled with scriptable pieces
+        padded = torch.nn.functional.pad(x.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect").squeeze(1)
+        logmel = streaming.logmel(padded.unfold(-1, self.n_fft, self.hop), self.window, self.fb)
+        feats = self.conv(logmel.unsqueeze(1)).transpose(-1, -2)
+        out, _ = self.gru(feats)
+        context, _ = self.attention(out)
+        return torch.softmax(self.classifier(context), dim=-1)[:, 1]
+
+
+class StreamingStep(nn.Module):
+    """``init_state`` / ``step`` of docs/streaming.md with the model's weights baked in."""
+
+    def __init__(self, model: CRNN, spec: StreamSpec):
+        super().__init__()
+        cfg = model.config
+        self.p: Dict[str, Tensor] = {k: v.detach().clone() for k, v in streaming.params(model).items()}
+        self.n_fft = cfg.n_fft
+        self.hop = cfg.hop
+        self.stride: List[int] = list(cfg.stride)
+        self.layers = cfg.gru_layers
+        self.step_samples = spec.step_samples
+        self.sample_rate = cfg.sample_rate
+        inits = spec.state_inits()
+        shapes = spec.state_shapes(1)
+        self.state_names: List[str] = list(shapes)
+        self.state_shapes: List[List[int]] = [list(shapes[n][1:]) for n in shapes]
+        self.state_inits: List[float] = [float(inits[n]) for n in shapes]
+
+    @torch.jit.export
+    def init_state(self, batch: int = 1) -> Dict[str, Tensor]:
+        state: Dict[str, Tensor] = {}
+        for name, shape, init in zip(self.state_names, self.state_shapes, self.state_inits):
+            state[name] = torch.full([batch] + shape, init, dtype=torch.float32)
+        return state
+
+    @torch.jit.export
+    def step(self, chunk: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        if chunk.dim() != 2 or chunk.shape[1] == 0 or chunk.shape[1] % self.step_samples != 0:
+            raise ValueError("chunk must be (batch, k * step_samples) float32 samples")
+        return streaming.step(chunk, state, self.p, self.n_fft, self.hop, self.stride, self.layers)
+
+    def forward(self, chunk: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return self.step(chunk, state)
+
+
+def script_module(model: CRNN, streaming_mode: bool = False, window_ms: float | None = None) -> torch.jit.ScriptModule:
+    model = model.eval()
+    module = StreamingStep(model, model.stream_spec(window_ms)) if streaming_mode else OfflineProb(model)
+    with warnings.catch_warnings():  # torch 2.13 marks jit as deprecated; the course still ships it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module.eval())
+
+
+def export_torchscript(model: CRNN, path: str | Path, streaming_mode: bool = False, window_ms: float | None = None) -> None:
+    if window_ms is not None and not streaming_mode:
+        raise KWSError("--window-ms applies to --streaming exports only")
+    scripted = script_module(model, streaming_mode, window_ms)
+    with atomic_output(path) as tmp:
+        scripted.save(str(tmp))
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    from kws_export.fileio import check_readable
+
+    p = check_readable(path, "TorchScript file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(p), map_location="cpu")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise KWSError(f"{p}: not a loadable TorchScript file ({first})") from None
+
+
+def is_streaming(module: torch.jit.ScriptModule) -> bool:
+    return hasattr(module, "init_state") and hasattr(module, "step")

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""`make export`: regenerate exported/ from every shipped checkpoint.
+
+For each checkpoints/NAME.pt this writes
+    exported/NAME.onnx              offline clip model   (audio [batch, samples] -> prob [batch])
+    exported/NAME.stream.onnx       streaming step, float32
+    exported/NAME.stream.int8.onnx  streaming step, static int8 (default synthesized calibration)
+    exported/NAME.ts                TorchScript, a drop-in for the course's stream.py
+Every file is written atomically; a bad checkpoint is one line on stderr and exit 2.
+``--verify`` also runs `kws-export verify` on each and fails (exit 1) beyond tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SUFFIXES = (".onnx", ".stream.onnx", ".stream.int8.onnx", ".ts")
+
+
+def export_one(ckpt: Path, out_dir: Path) -> list[Path]:
+    from kws_export.checkpoint import load_checkpoint
+    from kws_export.export_onnx import export_onnx_file
+    from kws_export.export_torchscript import export_torchscript
+
+    name = ckpt.stem
+    paths = [out_dir / f"{name}{suffix}" for suffix in SUFFIXES]
+    export_onnx_file(ckpt, paths[0])
+    export_onnx_file(ckpt, paths[1], streaming=True)
+    export_onnx_file(ckpt, paths[2], streaming=True, int8=True)
+    export_torchscript(load_checkpoint(ckpt).build_model(), paths[3])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints", help="directory of NAME.pt files")
+    parser.add_argument("--out", type=Path, default=ROOT / "exported", help="output directory")
+    parser.add_argument("--only", nargs="*", default=None, help="export only these NAMEs")
+    parser.add_argument("--verify", action="store_true", help="run kws-export verify on each export set")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from kws_export.errors import KWSError
+
+    torch.set_num_threads(1)  # small graphs; keep a shared machine responsive
+    try:
+        if not args.checkpoints.is_dir():
+            raise KWSError(f"{args.checkpoints}: checkpoint directory not found")
+        ckpts = sorted(args.checkpoints.glob("*.pt"))
+        if args.only is not None:
+            ckpts = [c for c in ckpts if c.stem in set(args.only)]
+            missing = sorted(set(args.only) - {c.stem for c in ckpts})
+            if missing:
+                raise KWSError(f"{args.checkpoints}: no checkpoint named {', '.join(missing)}")
+        if not ckpts:
+            print(f"export_all: no checkpoints in {args.checkpoints}; nothing to export", file=sys.stderr)
+            return 0
+        args.out.mkdir(parents=True, exist_ok=True)
+        failed = []
+        for ckpt in ckpts:
+            start = time.perf_counter()
+            paths = export_one(ckpt, args.out)
+            sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.1f} KB" for p in paths)
+            print(f"export_all: {ckpt.name} -> {sizes} ({time.perf_counter() - start:.1f} s)")
+            if args.verify:
+                from kws_export.verify import verify
+
+                report = verify(str(ckpt), [str(paths[1])], [str(paths[3])], discover=True)
+                worst = {f"{p['a']} vs {p['b']}": round(p["max_abs_diff"], 7) for p in report["pairs"]}
+                print(f"export_all: verify {ckpt.stem}: {'ok' if report['ok'] else 'FAILED'} {worst}")
+                if not report["ok"]:
+                    failed.append(ckpt.stem)
+        return 1 if failed else 0
+    except KWSError as exc:
+        print(f"export_all: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""exported/ is current: every shipped checkpoint has its four exports, made from exactly
+that checkpoint (kws.source_sha256), and re-exporting gives the same outputs."""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from conftest import ROOT
+from kws_export.checkpoint import save_checkpoint
+from kws_export.config import CRNNConfig
+from kws_export.model import CRNN
+from kws_export.onnx_info import kws_metadata
+from kws_export.quantize import run_stream, session
+from test_streaming import signal
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import export_all  # noqa: E402
+
+SHIPPED = sorted((ROOT / "checkpoints").glob("*.pt"))
+
+
+def stale_reasons(ckpt: Path, exported: Path, scratch: Path) -> list[str]:
+    """Why exported/NAME.* do not match checkpoints/NAME.pt (empty: they are current)."""
+    name = ckpt.stem
+    files = {s: exported / f"{name}{s}" for s in export_all.SUFFIXES}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        return [f"missing {', '.join(missing)}"]
+    reasons = []
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    for s in (".onnx", ".stream.onnx", ".stream.int8.onnx"):
+        if kws_metadata(onnx.load(str(files[s])))["kws.source_sha256"] != sha:
+            reasons.append(f"{files[s].name} was exported from another version of {ckpt.name}")
+    fresh = dict(zip(export_all.SUFFIXES, export_all.export_one(ckpt, scratch)))
+    audio = signal(4.0, seed=11)[0].numpy()
+    clips = signal(1.0, seed=12, batch=2).numpy()
+    for s in (".stream.onnx", ".stream.int8.onnx"):
+        old, new = run_stream(session(files[s]), audio), run_stream(session(fresh[s]), audio)
+        if old.shape != new.shape or np.abs(old - new).max() > 1e-6:
+            reasons.append(f"{files[s].name} gives other outputs than a fresh export")
+    old, new = (session(p).run(["prob"], {"audio": clips})[0] for p in (files[".onnx"], fresh[".onnx"]))
+    if old.shape != new.shape or np.abs(old - new).max() > 1e-6:
+        reasons.append(f"{files['.onnx'].name} gives other outputs than a fresh export")
+    with torch.no_grad():
+        old, new = (torch.jit.load(str(p))(torch.from_numpy(clips)) for p in (files[".ts"], fresh[".ts"]))
+    if old.shape != new.shape or (old - new).abs().max() > 1e-6:
+        reasons.append(f"{files['.ts'].name} gives other outputs than a fresh export")
+    return reasons
+
+
+def test_shipped_exports_are_current(tmp_path):
+    problems = {}
+    for ckpt in SHIPPED:
+        scratch = tmp_path / ckpt.stem
+        scratch.mkdir()
+        reasons = stale_reasons(ckpt, ROOT / "exported", scratch)
+        if reasons:
+            problems[ckpt.name] = reasons
+    assert problems == {}, f"run `make export`: {problems}"
+
+
+def test_no_orphan_exports():
+    names = {c.stem for c in SHIPPED}
+    exported = ROOT / "exported"
+    orphans = []
+    for p in sorted(exported.iterdir()) if exported.is_dir() else []:
+        stems = [p.name[: -len(s)] for s in sorted(export_all.SUFFIXES, key=len, reverse=True) if p.name.endswith(s)]
+        if stems and stems[0] not in names:
+            orphans.append(p.name)
+    assert orphans == [], "exports without a checkpoint (delete them or ship the checkpoint)"
+
+
+def test_export_all_regenerates_and_the_check_catches_stale_files(tmp_path, capsys):
+    ckpts, out, scratch = tmp_path / "checkpoints", tmp_path / "exported", tmp_path / "scratch"
+    for d in (ckpts, out, scratch):
+        d.mkdir()
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=2, hidden=8, gru_layers=1)).eval()
+    save_checkpoint(ckpts / "tiny.pt", model, {"threshold": 0.4})
+    assert export_all.main(["--checkpoints", str(ckpts), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"tiny{s}" for s in export_all.SUFFIXES)
+    assert "tiny.pt ->" in capsys.readouterr().out
+    assert stale_reasons(ckpts / "tiny.pt", out, scratch) == []
+    # a retrained checkpoint makes the old exports stale, and the check says so
+    with torch.no_grad():
+        model.classifier.bias[1] += 0.5
+    save_checkpoint(ckpts / "tiny.pt", model, {"threshold": 0.4})
+    (tmp_path / "scratch2").mkdir()
+    reasons = stale_reasons(ckpts / "tiny.pt", out, tmp_path / "scratch2")
+    assert any("another version" in r for r in reasons) and any("other outputs" in r for r in reasons)
+
+
+def test_export_all_errors_are_one_line(tmp_path, capsys):
+    assert export_all.main(["--checkpoints", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint directory not found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert export_all.main(["--checkpoints", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert not any((tmp_path / "out").glob("bad*"))
+
+
+def test_export_all_unknown_name(tmp_path, capsys):
+    (tmp_path / "a.pt").write_bytes(b"x")
+    assert export_all.main(["--checkpoints", str(tmp_path), "--only", "missing"]) == 2
+    assert "no checkpoint named missing" in capsys.readouterr().err

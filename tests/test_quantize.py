@@ -1,0 +1,262 @@
+"""Static int8 of the streaming step, its calibration, and `kws-export verify`.
+
+Decision agreement only means something for a model that makes decisions: random weights
+hover around p = 0.5, where any rounding flips them.  So the int8 parity test fits a
+small streaming CRNN (channels 4, hidden 16, the student's size) for a few seconds on
+synthesized speech — "sheila" among other words, several espeak voices, pauses and noise
+— with the streaming loss, checks that it really separates keyword from non-keyword
+steps, and then holds its int8 export to the issue's tolerance on a stream made from
+voices and seeds that neither training nor calibration saw.
+"""
+
+import json
+import multiprocessing
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from kws_export.audio import write_wav
+from kws_export.checkpoint import save_checkpoint
+from kws_export.cli import cli
+from kws_export.cli_support import run_click
+from kws_export.config import CRNNConfig
+from kws_export.errors import KWSError
+from kws_export.export_onnx import export_onnx_file
+from kws_export.export_torchscript import export_torchscript
+from kws_export.model import CRNN
+from kws_export.onnx_info import describe_onnx, kws_metadata
+from kws_export.quantize import record_feeds, run_stream, session, stream_states
+from kws_export.verify import INT8_AGREEMENT, INT8_MAX_DIFF
+
+SR = 16000
+STEP = 1280
+WORDS = ("shell", "she", "seven", "marvin", "yes", "house", "left", "tree", "happy", "wow", "bird", "three")
+
+
+def _render(jobs):
+    """Runs in a fresh process: espeak keeps hidden state between utterances, so audio
+    rendered in a process that synthesized before would depend on test order."""
+    from training import synth
+
+    voices = {v.id: v for v in synth.list_voices(["espeak"])}
+    return [synth.synthesize(text, voices[voice], rate=rate) for text, voice, rate in jobs]
+
+
+def utterances(voice_ids, seed, n_kw, n_neg):
+    from training import synth
+
+    rng = np.random.default_rng(seed)
+    voices = [v.id for v in synth.list_voices(["espeak"])]
+    pick = [voices[i] for i in voice_ids(len(voices))]
+    jobs = [("sheila", pick[i % len(pick)], float(rng.uniform(0.8, 1.2))) for i in range(n_kw)]
+    jobs += [(WORDS[i % len(WORDS)], pick[(3 * i + 1) % len(pick)], float(rng.uniform(0.8, 1.2))) for i in range(n_neg)]
+    with multiprocessing.get_context("forkserver").Pool(1) as pool:
+        audio = pool.apply(_render, (jobs,))
+    return audio[:n_kw], audio[n_kw:]
+
+
+def make_stream(kw, neg, seconds, seed):
+    """Words at -12..0 dB peaks with 0.2-1 s pauses over a -60..-40 dB noise floor;
+    returns the audio and the sample where each keyword ends."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    x = np.zeros(n, np.float32)
+    ends, pos = [], int(rng.uniform(0.2, 0.8) * SR)
+    while True:
+        is_kw = rng.random() < 0.4
+        u = kw[rng.integers(len(kw))] if is_kw else neg[rng.integers(len(neg))]
+        u = u * (10 ** (rng.uniform(-12, 0) / 20) / (np.abs(u).max() + 1e-9))
+        if pos + len(u) >= n:
+            break
+        x[pos:pos + len(u)] += u
+        if is_kw:
+            ends.append(pos + len(u))
+        pos += len(u) + int(rng.uniform(0.2, 1.0) * SR)
+    x += rng.normal(0, 10 ** (rng.uniform(-60, -40) / 20), n).astype(np.float32)
+    return x, np.array(ends)
+
+
+def step_labels(ends, steps):
+    """1 for the steps ending from 0.1 s before to 0.6 s after a keyword's end."""
+    t_end = (np.arange(steps) + 1) * STEP
+    y = np.zeros(steps, np.float32)
+    for e in ends:
+        y[(t_end >= e - 0.1 * SR) & (t_end <= e + 0.6 * SR)] = 1
+    return y
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A small streaming CRNN fitted on synthesized speech (about ten seconds of CPU)."""
+    d = tmp_path_factory.mktemp("fitted")
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread limit
+    kw, neg = utterances(lambda n: range(0, n, max(1, n // 24))[:24], seed=0, n_kw=24, n_neg=48)
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=4, hidden=16, gru_layers=1))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=300)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        xs, ys = zip(*[make_stream(kw, neg, 3.0, int(rng.integers(1 << 30))) for _ in range(8)])
+        y = torch.from_numpy(np.stack([step_labels(e, 3 * SR // STEP) for e in ys]))
+        p = model.stream_reference(torch.from_numpy(np.stack(xs))).clamp(1e-6, 1 - 1e-6)
+        loss = torch.nn.functional.binary_cross_entropy(p, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    model.eval()
+    save_checkpoint(d / "fit.pt", model, {"threshold": 0.5})
+    # held out: other voices, other seeds than training (and than calibration's default)
+    kw2, neg2 = utterances(lambda n: range(n // 48, n, max(1, n // 20))[:20], seed=1, n_kw=16, n_neg=32)
+    audio, ends = make_stream(kw2, neg2, 120.0, seed=123)
+    export_onnx_file(d / "fit.pt", d / "fit.stream.onnx", streaming=True)
+    export_onnx_file(d / "fit.pt", d / "fit.stream.int8.onnx", streaming=True, int8=True)
+    return d, model, audio, ends
+
+
+def test_fitted_model_makes_real_decisions(fitted):
+    d, model, audio, ends = fitted
+    with torch.no_grad():
+        p = model.stream_reference(torch.from_numpy(audio)[None])[0].numpy()
+    y = step_labels(ends, len(p))
+    assert len(ends) >= 20
+    assert ((p >= 0.5) == y).mean() > 0.85                  # it detects the keyword on unseen voices...
+    assert (p >= 0.5).sum() > 100 and (p < 0.5).sum() > 500  # ...makes both decisions often...
+    assert ((p > 0.1) & (p < 0.9)).mean() < 0.4              # ...and is confident on most steps
+
+
+def test_int8_agrees_with_fp32_on_held_out_speech(fitted):
+    d, _, audio, _ = fitted
+    fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
+    int8 = run_stream(session(d / "fit.stream.int8.onnx"), audio)
+    assert len(fp32) == len(int8) == 1500
+    assert np.mean((fp32 >= 0.5) == (int8 >= 0.5)) >= INT8_AGREEMENT
+    assert np.abs(fp32 - int8).max() <= INT8_MAX_DIFF
+    assert np.abs(fp32 - int8).max() > 0  # it is a different computation
+
+
+def test_int8_graph_quantizes_the_gru_and_leaves_the_frontend(fitted):
+    d, _, _, _ = fitted
+    model = onnx.load(str(d / "fit.stream.int8.onnx"))
+    nodes = model.graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    ops = [n.op_type for n in nodes]
+    assert "GRU" not in ops
+    gemms = [n for n in nodes if n.op_type == "Gemm"]
+    # GRU: input (three products of the two-pass split) + hidden; attention: 2; classifier: 1
+    assert len(gemms) == 7
+    for n in gemms:
+        assert all(producer[i].op_type == "DequantizeLinear" for i in n.input[:2]), "every Gemm reads int8 operands"
+    # the frontend's products (grouped DFT conv, stage-2 and mel MatMuls) read float32
+    for n in nodes:
+        if n.op_type in ("MatMul", "Conv"):
+            assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)
+    desc = describe_onnx(d / "fit.stream.int8.onnx")
+    assert desc["quantized_nodes"] == ops.count("QuantizeLinear") + ops.count("DequantizeLinear") >= 12
+    assert desc["int8_products"] == 7
+    quant = kws_metadata(model)["kws.quantization"]
+    assert quant["format"] == "QDQ" and quant["calibration_steps"] == 2 * 375  # two 30 s synthesized streams
+    assert desc["size_bytes"] < 20_000  # the student-sized int8 step fits the 20 KB budget
+
+
+def test_int8_runs_as_int8_kernels(fitted):
+    """onnxruntime fuses the QDQ Gemms into QGemm: the GRU really computes in int8."""
+    import onnxruntime as ort
+
+    d, _, _, _ = fitted
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(d / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(d / "fit.stream.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(d / "optimized.onnx")).graph.node]
+    assert ops.count("QGemm") == 7 and "Gemm" not in ops
+
+
+def test_feature_bounds_hold_for_any_audio_in_range():
+    """The coarse pass of the two-pass GRU input spans bounds no audio in [-1, 1] leaves."""
+    from kws_export import streaming
+    from kws_export.quantize import feature_bounds
+
+    torch.manual_seed(5)
+    model = CRNN(CRNNConfig(channels=3, hidden=8, gru_layers=1)).eval()
+    lo, hi = feature_bounds(model)
+    rng = np.random.default_rng(0)
+    t = np.arange(4 * SR) / SR
+    extremes = [np.sign(np.sin(2 * np.pi * 1000 * t)), rng.uniform(-1, 1, t.size), np.zeros(t.size),
+                np.sin(2 * np.pi * 4000 * t), np.where(rng.random(t.size) < 0.5, -1.0, 1.0)]
+    p, spec = streaming.params(model), model.stream_spec()
+    seen = []
+    with torch.no_grad():
+        for audio in extremes:
+            x = torch.tensor(audio, dtype=torch.float32)[None]
+            mel = streaming.logmel_buffer(streaming.stream_buffer(x, spec.prefix_samples), p["dft.w1"], p["dft.t2"], p["dft.fb"], 160)
+            feats = streaming.conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], [2, 8])
+            assert lo <= float(feats.min()) and float(feats.max()) <= hi
+            seen += [float(feats.min()), float(feats.max())]
+    assert max(seen) - min(seen) > (hi - lo) / 6  # safe, yet not absurdly loose (~4x here)
+
+
+def test_calibration_feeds_are_real_stream_states(fitted):
+    d, _, audio, _ = fitted
+    fp32 = onnx.load(str(d / "fit.stream.onnx"))
+    feeds = record_feeds(fp32, [audio[: 40 * STEP], audio[40 * STEP: 70 * STEP]])
+    assert len(feeds) == 70
+    sess = session(fp32)
+    inits = {s["name"]: s["init"] for s in stream_states(sess)}
+    assert all(np.all(feeds[0][k] == v) for k, v in inits.items())
+    assert all(np.all(feeds[40][k] == v) for k, v in inits.items())  # second stream starts afresh
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feeds[9])))
+    for k in inits:
+        assert np.array_equal(out[k + "_next"], feeds[10][k])
+    assert np.abs(feeds[30]["gru_h0"]).max() > 0.05 and np.abs(feeds[30]["audio"]).max() > 0
+
+
+def test_calibration_from_a_wav_directory(fitted, tmp_path):
+    d, _, audio, _ = fitted
+    for i in range(2):
+        write_wav(tmp_path / f"c{i}.wav", audio[i * 8 * SR:(i + 1) * 8 * SR], SR)
+    desc = export_onnx_file(d / "fit.pt", tmp_path / "w.int8.onnx", streaming=True, int8=True, calib=tmp_path)
+    quant = desc["metadata"]["kws.quantization"]
+    assert quant["calibration"] == "wav files" and quant["calibration_steps"] == 2 * 100
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad, message in ((empty, "no .wav files"), (tmp_path / "missing", "not found")):
+        with pytest.raises(KWSError, match=message):
+            export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True, calib=bad)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_verify_passes_on_faithful_exports(fitted, capsys):
+    d, model, audio, _ = fitted
+    export_onnx_file(d / "fit.pt", d / "fit.onnx")
+    export_torchscript(model, d / "fit.ts")
+    write_wav(d / "heldout.wav", audio[: 20 * SR], SR)
+    code = run_click(cli, "kws-export", ["verify", "--ckpt", str(d / "fit.pt"), "--onnx", str(d / "fit.stream.onnx"),
+                                         "--wav", str(d / "heldout.wav")])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] is True
+    pairs = {(p["a"], p["b"]): p for p in report["pairs"]}
+    assert set(report["artifacts"]) == {"fit.stream.onnx", "fit.stream.int8.onnx", "fit.onnx", "fit.ts"}
+    assert pairs[("torch", "fit.stream.onnx")]["max_abs_diff"] <= 1e-5
+    assert pairs[("torch offline", "fit.onnx")]["max_abs_diff"] <= 1e-5
+    assert pairs[("torch offline", "fit.ts")]["max_abs_diff"] <= 1e-5
+    int8 = pairs[("fit.stream.onnx", "fit.stream.int8.onnx")]
+    assert int8["agreement"] >= 0.999 and int8["max_abs_diff"] <= 0.02 and int8["outputs"] == 250
+
+
+def test_verify_fails_beyond_tolerance(fitted, tmp_path, capsys):
+    d, model, _, _ = fitted
+    other = CRNN(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.classifier.bias[1] += 0.05  # a small but real difference (0.05 of logit)
+    save_checkpoint(tmp_path / "other.pt", other)
+    code = run_click(cli, "kws-export", ["verify", "--ckpt", str(tmp_path / "other.pt"), "--onnx",
+                                         str(d / "fit.stream.onnx"), "--only", "--seconds", "5"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["ok"] is False and report["audio"].startswith("synthesized")
+    assert report["pairs"][0]["max_abs_diff"] > 1e-5 and report["stream_steps"] == 62

@@ -1,0 +1,223 @@
+"""The PyTorch streaming mode: every piece against its offline twin, then the whole chain."""
+
+import numpy as np
+import pytest
+import torch
+
+from kws_export import streaming
+from kws_export.config import CRNNConfig
+from kws_export.errors import KWSError
+from kws_export.frontend import LogMel
+from kws_export.model import CRNN
+
+SR = 16000
+
+
+def signal(seconds: float, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    """Chirps and bursts over a noise floor that sweeps 60 dB: loud, quiet and near-silent
+    frames, so the log-mel's whole range (down to its clamp) is exercised."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    out = []
+    for _ in range(batch):
+        x = 0.3 * np.sin(2 * np.pi * (150 + 2000 * ((t * rng.uniform(0.2, 0.5)) % 1)) * t)
+        x *= (np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t) > 0.3)
+        x += rng.standard_normal(n) * 10 ** np.linspace(-4, -1, n)
+        out.append(x)
+    return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+def model(cfg: CRNNConfig, seed: int = 0) -> CRNN:
+    torch.manual_seed(seed)
+    return CRNN(cfg).eval()
+
+
+def test_stream_spec_seminar_numbers():
+    spec = streaming.stream_spec(CRNNConfig())
+    assert (spec.step_samples, spec.audio_tail, spec.mel_tail, spec.window_steps) == (1280, 240, 12, 11)
+    assert spec.prefix_samples == 2160
+    assert streaming.stream_spec(CRNNConfig(), window_ms=480).window_steps == 6
+    shapes = spec.state_shapes(1)
+    assert list(shapes) == ["audio_tail", "mel_tail", "gru_h0", "gru_h1", "att_out", "att_energy"]
+    assert shapes["mel_tail"] == (1, 40, 12) and shapes["att_out"] == (1, 11, 64)
+    with pytest.raises(KWSError):
+        streaming.stream_spec(CRNNConfig(kernel=(5, 4), stride=(2, 8)))
+    with pytest.raises(KWSError):
+        streaming.stream_spec(CRNNConfig(), window_ms=0)
+
+
+def test_split_fft():
+    assert streaming.split_fft(400, 160) == (20, 20)
+    assert streaming.split_fft(512, 128) in {(32, 16), (16, 32)}
+    assert streaming.split_fft(401, 160) == (401, 1)  # no factorization fits: dense DFT
+
+
+def test_framing_chunks_equal_offline_frames():
+    n_fft, hop, prefix = 400, 160, 2160
+    audio = signal(2.0)[:, : 24 * 1280]
+    whole = streaming.frames_of(streaming.stream_buffer(audio, prefix), n_fft, hop)
+    tail = torch.zeros(1, n_fft - hop)
+    got = []
+    for i in range(24):
+        buffer, tail = streaming.chunk_buffer(tail, audio[:, i * 1280:(i + 1) * 1280])
+        frames = streaming.frames_of(buffer, n_fft, hop)
+        assert frames.shape == (1, 8, n_fft)
+        got.append(frames)
+    # the offline stream also frames the 12 prefix frames the mel tail stands in for
+    assert torch.equal(torch.cat(got, dim=1), whole[:, 12:])
+    assert torch.equal(tail, audio[:, 24 * 1280 - 240: 24 * 1280])
+
+
+def test_rfft_logmel_is_the_frontend_exactly():
+    """The rfft log-mel (TorchScript's offline path) is LogMel's maths bit for bit."""
+    lm = LogMel(CRNNConfig())
+    audio = signal(1.0)
+    frames = lm.frame(audio, center=True)
+    assert torch.equal(streaming.logmel(frames, lm.window, lm.fb), lm(audio))
+
+
+def test_mixed_radix_logmel_matches_rfft():
+    """The streaming DFT (shared with ONNX) against torch.fft.rfft on the same frames.
+    Two float32 DFTs only disagree in bins far below a frame's peak."""
+    cfg = CRNNConfig()
+    lm = LogMel(cfg)
+    k = streaming.dft_kernels(cfg.n_fft, cfg.hop, lm.fb)
+    buffer = streaming.stream_buffer(signal(3.0), 2160)
+    got = streaming.logmel_buffer(buffer, k["dft.w1"], k["dft.t2"], k["dft.fb"], cfg.hop)
+    want = streaming.logmel(streaming.frames_of(buffer, cfg.n_fft, cfg.hop), lm.window, lm.fb)
+    assert got.shape == want.shape == (1, 40, (buffer.shape[1] - 400) // 160 + 1)
+    diff = (got - want).abs()
+    peak = want.amax(dim=1, keepdim=True)
+    assert diff.max() < 2e-3
+    assert diff[want > peak - 8].max() < 2e-5   # within ~35 dB of the frame's strongest band
+    assert torch.equal(got[..., :12], torch.full_like(got[..., :12], streaming.SILENCE_LOGMEL))
+
+
+def test_dense_fallback_logmel_matches_rfft():
+    cfg = CRNNConfig(n_fft=401, hop=160)  # prime-ish n_fft: no factorization with N2 | hop
+    lm = LogMel(cfg)
+    k = streaming.dft_kernels(cfg.n_fft, cfg.hop, lm.fb)
+    assert k["dft.w1"].shape == (2 * 401, 1, 401)
+    buffer = signal(0.5)[:, :8000]
+    got = streaming.logmel_buffer(buffer, k["dft.w1"], k["dft.t2"], k["dft.fb"], cfg.hop)
+    want = streaming.logmel(streaming.frames_of(buffer, cfg.n_fft, cfg.hop), lm.window, lm.fb)
+    diff = (got - want).abs()
+    assert diff.max() < 2e-3 and diff[want > want.amax(dim=1, keepdim=True) - 8].max() < 5e-5
+
+
+def test_mel_tail_and_conv_columns_equal_offline_conv(tiny_config):
+    m = model(tiny_config)
+    p = streaming.params(m)
+    spec = m.stream_spec()
+    audio = signal(3.0)[:, : 30 * 1280]
+    mel = streaming.logmel_buffer(streaming.stream_buffer(audio, spec.prefix_samples), p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
+    with torch.no_grad():
+        whole = streaming.conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], [2, 8])
+        tail = torch.full((1, 40, 12), streaming.SILENCE_LOGMEL)
+        cols = []
+        for t in range(30):
+            new = mel[:, :, 12 + 8 * t: 20 + 8 * t]
+            feats, tail = streaming.conv_columns(tail, new, p["conv.0.weight"], p["conv.0.bias"], [2, 8])
+            assert feats.shape == (1, 1, tiny_config.gru_input)
+            cols.append(feats)
+            assert torch.equal(tail, mel[:, :, 8 + 8 * t: 20 + 8 * t])
+    assert whole.shape[1] == 30
+    assert (torch.cat(cols, dim=1) - whole).abs().max() < 1e-5
+    # the initial mel tail is what the silent prefix produces
+    assert torch.equal(mel[:, :, :12], torch.full((1, 40, 12), streaming.SILENCE_LOGMEL))
+
+
+def test_gru_cells_equal_nn_gru():
+    torch.manual_seed(3)
+    gru = torch.nn.GRU(12, 10, num_layers=2, batch_first=True).eval()
+    p = {f"gru.{n}": v for n, v in gru.named_parameters()}
+    x = torch.randn(3, 50, 12)
+    with torch.no_grad():
+        want, h_n = gru(x)
+        state = {"gru_h0": torch.zeros(3, 10), "gru_h1": torch.zeros(3, 10)}
+        outs = [streaming.gru_step(x[:, t], state, p, 2) for t in range(50)]
+    assert (torch.stack(outs, 1) - want).abs().max() < 1e-5
+    assert (state["gru_h0"] - h_n[0]).abs().max() < 1e-5 and (state["gru_h1"] - h_n[1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("window", [1, 4, 11])
+def test_attention_ring_equals_windowed_attention(window):
+    torch.manual_seed(window)
+    outs, energies = torch.randn(2, 30, 6), 3 * torch.randn(2, 30)
+    want = streaming.window_context(outs, energies, window)
+    ring_out = torch.zeros(2, window, 6)
+    ring_e = torch.full((2, window), streaming.ENERGY_FILL)
+    for t in range(30):
+        ring_out, ring_e = streaming.ring_push(ring_out, ring_e, outs[:, t], energies[:, t])
+        got = streaming.ring_context(ring_out, ring_e)
+        assert (got - want[:, t]).abs().max() < 1e-6
+        # fewer than W outputs at the start: plain softmax attention over what there is
+        lo = max(0, t - window + 1)
+        alpha = torch.softmax(energies[:, lo:t + 1], dim=-1)
+        assert (got - (outs[:, lo:t + 1] * alpha.unsqueeze(-1)).sum(1)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("cfg", [CRNNConfig(), CRNNConfig(channels=2, hidden=8, gru_layers=1)], ids=["seminar", "tiny"])
+def test_step_by_step_equals_reference_over_30s(cfg):
+    m = model(cfg, seed=1)
+    audio = signal(30.0, seed=2)
+    with torch.no_grad():
+        ref = m.stream_reference(audio)
+        state = m.init_state()
+        probs = []
+        for t in range(ref.shape[1]):
+            p, state = m.step(audio[:, t * 1280:(t + 1) * 1280], state)
+            probs.append(p)
+    assert ref.shape == (1, 375)
+    assert (torch.cat(probs, 1) - ref).abs().max() <= 1e-5
+    assert ref.std() > 0  # a live signal, not a constant
+
+
+def test_multi_step_chunks_and_window(tiny_config):
+    m = model(tiny_config, seed=4)
+    audio = signal(6.0, seed=5)
+    with torch.no_grad():
+        ref = m.stream_reference(audio, window_ms=480)
+        state = m.init_state(window_ms=480)
+        assert state["att_out"].shape == (1, 6, tiny_config.hidden)
+        probs = []
+        for i in range(0, 72, 3):
+            p, state = m.step(audio[:, i * 1280:(i + 3) * 1280], state)
+            assert p.shape == (1, 3)
+            probs.append(p)
+    assert (torch.cat(probs, 1) - ref[:, :72]).abs().max() <= 1e-5
+
+
+def test_step_leaves_the_callers_state_alone(tiny_config):
+    m = model(tiny_config)
+    state = m.init_state()
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        _, new = m.step(signal(0.08), state)
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    assert not torch.equal(new["audio_tail"], state["audio_tail"])
+    inits = m.stream_spec().state_inits()
+    assert all(torch.all(before[k] == inits[k]) for k in before)
+
+
+def test_stream_reference_is_batched_and_differentiable(tiny_config):
+    m = model(tiny_config, seed=6).train()
+    m.gru.dropout = 0.0
+    audio = signal(4.0, seed=7, batch=3)
+    ref = m.stream_reference(audio)
+    assert ref.shape == (3, 50)
+    single = torch.cat([m.stream_reference(audio[i:i + 1]) for i in range(3)])
+    assert (ref - single).abs().max() < 1e-5
+    ref.mean().backward()
+    for name in ("conv.0.weight", "gru.weight_hh_l0", "attention.energy.0.weight", "classifier.weight"):
+        grad = dict(m.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert m.stream_reference(audio[:, :1000]).shape == (3, 0)
+
+
+def test_bad_chunks_are_one_line_errors(tiny_config):
+    m = model(tiny_config)
+    for bad in (torch.zeros(1, 1000), torch.zeros(1280), torch.zeros(1, 0)):
+        with pytest.raises(KWSError, match="streaming chunk"):
+            m.step(bad, m.init_state())
