@@ -1,3 +1,259 @@
-"""Model commands of kws-train (teacher, distill, eval, report)."""
+"""Model commands of kws-train: teacher, distill, finetune-stream, eval, report."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def invocation() -> list[str]:
+    """The command as typed, canonicalised from click's parsed parameters (every option the
+    user gave, none of the defaults), so it is right however the command was invoked."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    parts = ctx.command_path.split()
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        longest = max(param.opts, key=len)
+        if param.is_flag:
+            if param.secondary_opts and not value:
+                parts.append(max(param.secondary_opts, key=len))
+            elif value:
+                parts.append(longest)
+        elif param.multiple:
+            for v in value:
+                parts += [longest, str(v)]
+        elif isinstance(value, (tuple, list)):
+            parts += [longest, *map(str, value)]
+        elif value is not None:
+            parts += [longest, str(value)]
+    return parts
+
+
+def _pair(ctx, param, value):
+    if value is None:
+        return None
+    return tuple(int(v) for v in value)
+
+
+def data_options(f):
+    f = click.option("--split-seed", type=int, default=None,
+                     help="Speaker-disjoint random split with this seed instead of validation_list/testing_list.")(f)
+    f = click.option("--keyword", default=None, help="Keyword (default: the checkpoint's, else the corpus's, else 'sheila').")(f)
+    f = click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                     help="Speech Commands style folder (e.g. made by `kws-train synth`).")(f)
+    return f
+
+
+def run_options(f, batch_size: int = 256):
+    """Options shared by every training command."""
+    opts = [
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--setting", default=None,
+                     help="Name of this compression setting in reports (e.g. 'KD small'); stored in the metadata."),
+        click.option("--val-minutes", type=float, default=10.0, show_default=True,
+                     help="Minutes of validation stream used to pick the decision threshold."),
+        click.option("--eval-minutes", type=float, default=30.0, show_default=True,
+                     help="Minutes of test stream for the final streaming metrics."),
+        click.option("--resume", is_flag=True, help="Continue from OUT.state left by an interrupted run."),
+        click.option("--stop-after-epochs", type=int, default=None,
+                     help="Stop this invocation after N epochs (continue later with --resume)."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1 ..."),
+        click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+                     help="Learning-rate schedule after a one-epoch warm-up."),
+        click.option("--epoch-size", type=int, default=None,
+                     help="Clips drawn per epoch (default: the size of the train split)."),
+        click.option("--keyword-fraction", type=float, default=0.5, show_default=True,
+                     help="Share of keyword clips in the balanced sample."),
+        click.option("--weight-decay", type=float, default=1e-5, show_default=True),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+    ]
+    for o in opts:
+        f = o(f)
+    return f
+
+
+def augment_options(f):
+    """One flag per field of training.augment.AugmentConfig: --noise/--no-noise for switches,
+    --aug-NAME for strengths and ranges; --no-augment switches everything off."""
+    import dataclasses
+
+    from training.augment import AugmentConfig
+
+    for fld in reversed(dataclasses.fields(AugmentConfig)):
+        name = fld.name.replace("_", "-")
+        default = fld.default
+        dest = "aug_" + fld.name
+        if isinstance(default, bool):
+            opt = click.option(f"--{name}/--no-{name}", dest, default=default, show_default=True,
+                               help=f"Augmentation: {fld.name.replace('_', ' ')}.")
+        elif isinstance(default, tuple):
+            opt = click.option(f"--aug-{name}", dest, nargs=len(default), type=float, default=default, show_default=True,
+                               help=f"Augmentation range: {fld.name.replace('_', ' ')}.")
+        else:
+            opt = click.option(f"--aug-{name}", dest, type=type(default), default=default, show_default=True,
+                               help=f"Augmentation: {fld.name.replace('_', ' ')}.")
+        f = opt(f)
+    return click.option("--no-augment", is_flag=True, help="Switch every augmentation off.")(f)
+
+
+def arch_options(defaults: dict):
+    def deco(f):
+        opts = [
+            click.option("--stride", nargs=2, type=int, default=defaults["stride"], show_default=True, callback=_pair,
+                         help="Conv stride (mel, time)."),
+            click.option("--kernel", nargs=2, type=int, default=defaults["kernel"], show_default=True, callback=_pair,
+                         help="Conv kernel (mel, time)."),
+            click.option("--gru-layers", type=int, default=defaults["gru_layers"], show_default=True),
+            click.option("--hidden", type=int, default=defaults["hidden"], show_default=True),
+            click.option("--channels", type=int, default=defaults["channels"], show_default=True),
+        ]
+        for o in opts:
+            f = o(f)
+        return f
+
+    return deco
+
+
+TEACHER_ARCH = {"channels": 8, "hidden": 64, "gru_layers": 2, "kernel": (5, 20), "stride": (2, 8)}
+STUDENT_ARCH = {"channels": 4, "hidden": 16, "gru_layers": 1, "kernel": (5, 20), "stride": (4, 8)}
+
+
+@click.command("teacher", context_settings=CONTEXT)
+@data_options
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@arch_options(TEACHER_ARCH)
+@run_options
+@augment_options
+def teacher(**kw):
+    """Train the teacher: the seminar CRNN (AdamW, balanced sampling, augmentation).
+
+    The best epoch on the validation split is kept in OUT; OUT.state makes the run
+    resumable (--resume).  At the end the decision threshold is chosen on validation
+    streams and the test split is evaluated into the checkpoint's metadata.
+    """
+    from training.pipeline import run_teacher
+
+    run_teacher(kw, argv=invocation())
+
+
+@click.command("distill", context_settings=CONTEXT)
+@data_options
+@click.option("--teacher", "teacher_path", required=True, type=click.Path(path_type=Path),
+              help="Teacher checkpoint.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--temperature", type=float, default=2.0, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--alpha", type=float, default=0.7, show_default=True, help="Weight of the soft-target loss (1-alpha: hard labels).")
+@click.option("--attention-kd/--no-attention-kd", default=False, show_default=True,
+              help="Also match the teacher's attention distribution over time.")
+@click.option("--attention-weight", type=float, default=1.0, show_default=True, help="Weight of the attention KL.")
+@click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
+              help="Start from this student checkpoint (its architecture wins) instead of random weights.")
+@click.option("--prune", type=float, default=0.0, show_default=True,
+              help="Gradual magnitude pruning to this fraction of zero weights (0: off).")
+@click.option("--prune-epochs", type=int, default=None, help="Epochs to reach the final sparsity (default: half of --epochs).")
+@arch_options(STUDENT_ARCH)
+@run_options
+@augment_options
+def distill(**kw):
+    """Distil a small student from a teacher (dark knowledge, optional attention KD, pruning)."""
+    from training.pipeline import run_distill
+
+    run_distill(kw, argv=invocation())
+
+
+@click.command("finetune-stream", context_settings=CONTEXT)
+@data_options
+@click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint to fine-tune.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
+@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
+              help="Also distil from this teacher's streaming probabilities.")
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--seq-seconds", type=float, default=20.0, show_default=True, help="Length of each training sequence.")
+@click.option("--sequences", type=int, default=8, show_default=True, help="Long sequences per training step.")
+@click.option("--steps-per-epoch", type=int, default=50, show_default=True)
+@click.option("--clip-weight", type=float, default=0.5, show_default=True,
+              help="Weight of the ordinary clip loss (on --batch-size clips per step) kept beside the streaming loss.")
+@click.option("--kd-weight", type=float, default=0.5, show_default=True,
+              help="With --teacher: weight of matching the teacher's streaming probabilities.")
+@lambda f: run_options(f, batch_size=64)
+@augment_options
+def finetune_stream(**kw):
+    """Streaming-aware fine-tuning on long concatenated sequences (GRU never reset).
+
+    Every step of the streaming reference gets a target: 1 while its attention window holds
+    a whole keyword, 0 while it holds none of one (steps with part of a keyword are not
+    scored).  The ordinary clip loss is kept so that offline quality does not drift.
+    """
+    from training.pipeline import run_finetune_stream
+
+    run_finetune_stream(kw, argv=invocation())
+
+
+@click.command("eval", context_settings=CONTEXT)
+@click.option("--ckpt", required=True, type=click.Path(path_type=Path))
+@data_options
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
+@click.option("--stream-minutes", type=float, default=30.0, show_default=True,
+              help="Minutes of long stream (from the same split) for streaming recall / false alarms per hour.")
+@click.option("--threshold", type=float, default=None,
+              help="Decision threshold (default: the checkpoint's, else chosen on validation streams).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the JSON to this file.")
+def eval_cmd(**kw):
+    """Evaluate a checkpoint; prints one JSON object (AU-FA-FR offline and streaming, FRR at
+    1% FAR, costs, streaming recall and false alarms per hour, threshold)."""
+    from training.pipeline import run_eval
+
+    result = run_eval(kw)
+    text = json.dumps(result, indent=1)
+    click.echo(text)
+    if kw["out"] is not None:
+        from kws_export.fileio import atomic_output
+
+        with atomic_output(kw["out"]) as tmp:
+            tmp.write_text(text + "\n")
+
+
+@click.command("report", context_settings=CONTEXT)
+@click.option("--ckpt", "ckpts", multiple=True, required=True,
+              help="[LABEL=]PATH of a checkpoint; repeat.  The first is the reference (the teacher).")
+@data_options
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@click.option("--variants-of", type=click.Path(path_type=Path), default=None,
+              help="Add '+ static int8' and '+ fp16' rows for this checkpoint (default: the second --ckpt).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--stream-minutes", type=float, default=30.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def report(**kw):
+    """The course's comparison: a markdown table and Metric-MACs / Metric-Memory plots over
+    the given checkpoints and the int8 / fp16 variants of one of them."""
+    from training.report import run_report
+
+    run_report(kw)
+
+
+eval_cmd.name = "eval"
+COMMANDS: list = [teacher, distill, finetune_stream, eval_cmd, report]
+

@@ -1,0 +1,240 @@
+"""Train a tiny teacher and students for a few steps on a tiny synthetic corpus, through the
+real `kws-train` commands."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from kws_export.checkpoint import load_checkpoint, save_checkpoint
+from kws_export.cli_support import run_click
+from kws_export.config import CRNNConfig
+from kws_export.model import CRNN
+from training.cli import cli
+from training.distill import MagnitudePruner, attention_kd_loss, kd_loss, resample_distribution
+from training.train import balanced_indices
+
+TINY = ["--channels", "2", "--hidden", "8", "--gru-layers", "1"]
+FAST = ["--batch-size", "32", "--epoch-size", "256", "--threads", "1", "--no-progress",
+        "--val-minutes", "0.5", "--eval-minutes", "0.5", "--device", "cpu"]
+EVAL_FIELDS = ("au_fa_fr", "frr_at_1pct_far", "au_fa_fr_streaming", "params", "macs_per_second_network",
+               "macs_per_second_frontend", "fp32_bytes", "int8_bytes", "streaming_recall", "false_alarms_per_hour",
+               "threshold")
+
+
+def kws_train(*args) -> int:
+    return run_click(cli, "kws-train", [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from training.synth import synth_corpus
+
+    root = tmp_path_factory.mktemp("train-corpus") / "sheila"
+    synth_corpus(root, "sheila", per_word=8, keyword_count=60, seed=0, workers=2, force=False, progress=False,
+                 words=["yes", "no", "up", "down", "left", "right"], max_confusables=3, noise_seconds=5.0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    rc = kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "4", "--lr", "3e-3", *TINY, *FAST)
+    assert rc == 0
+    return out
+
+
+def test_teacher_loss_falls_and_checkpoint_has_model_card(teacher_ckpt, corpus, tmp_path):
+    ckpt = load_checkpoint(teacher_ckpt)
+    meta = ckpt.metadata
+    history = meta["training"]["history"]
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert meta["keyword"] == "sheila" and meta["role"] == "teacher"
+    assert meta["data"]["corpus"] == str(corpus) and meta["data"]["synth"]["seed"] == 0
+    assert "kws-train synth" in meta["data"]["synth_command"]
+    assert meta["command"].startswith("kws-train teacher --data")
+    assert meta["training_time_s"] > 0
+    assert 0.0 < meta["threshold"] < 1.0
+    for field in EVAL_FIELDS:
+        assert field in meta["metrics"], field
+    # round trip: re-saving and re-loading keeps weights and metadata
+    model = ckpt.build_model()
+    copy_path = tmp_path / "copy.pt"
+    save_checkpoint(copy_path, model, meta)
+    again = load_checkpoint(copy_path)
+    assert again.config == ckpt.config and again.metadata == meta
+    for k, v in ckpt.state_dict.items():
+        assert torch.equal(v, again.state_dict[k])
+    x = torch.randn(3, 16000) * 0.1
+    assert torch.equal(model.keyword_prob(x), again.build_model().keyword_prob(x))
+
+
+def test_eval_prints_every_field(teacher_ckpt, corpus, capsys):
+    capsys.readouterr()
+    rc = kws_train("eval", "--ckpt", teacher_ckpt, "--data", corpus, "--stream-minutes", "0.5", "--threads", "1")
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    for field in EVAL_FIELDS:
+        assert field in result, field
+        assert isinstance(result[field], (int, float)) and math.isfinite(result[field]), field
+    ckpt = load_checkpoint(teacher_ckpt)
+    assert result["params"] == sum(v.numel() for v in ckpt.state_dict.values())
+    assert result["threshold"] == ckpt.metadata["threshold"]
+    assert result["threshold_source"] == "checkpoint metadata"
+    assert result["fp32_bytes"] == 4 * result["params"]
+    assert 0.0 <= result["au_fa_fr"] <= 1.0 and 0.0 <= result["streaming_recall"] <= 1.0
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    full = tmp_path / "full.pt"
+    part = tmp_path / "part.pt"
+    common = ["--data", corpus, "--lr", "3e-3", *TINY, *FAST, "--eval-minutes", "0.2", "--val-minutes", "0.2"]
+    assert kws_train("teacher", "--out", full, "--epochs", "3", *common) == 0
+    assert kws_train("teacher", "--out", part, "--epochs", "3", "--stop-after-epochs", "2", *common) == 0
+    assert len(load_checkpoint(part).metadata["training"]["best"]) > 0  # a usable checkpoint already
+    assert kws_train("teacher", "--out", part, "--epochs", "3", "--resume", *common) == 0
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert [h["train_loss"] for h in a.metadata["training"]["history"]] == pytest.approx(
+        [h["train_loss"] for h in b.metadata["training"]["history"]], rel=1e-6)
+    for k in a.state_dict:
+        assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6), k
+
+
+def test_distill_student_with_attention_kd_on_another_time_axis(teacher_ckpt, corpus, tmp_path):
+    out = tmp_path / "student.pt"
+    # kernel/stride (time) differ from the teacher's: attention KD resamples the teacher's distribution
+    rc = kws_train("distill", "--teacher", teacher_ckpt, "--data", corpus, "--out", out, "--epochs", "3",
+                   "--channels", "2", "--hidden", "6", "--kernel", "5", "12", "--stride", "4", "6",
+                   "--attention-kd", "--temperature", "3", "--alpha", "0.5", *FAST)
+    assert rc == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.kernel == (5, 12) and ckpt.config.stride == (4, 6)
+    meta = ckpt.metadata
+    assert meta["parent_teacher"]["path"] == str(teacher_ckpt)
+    import hashlib
+
+    assert meta["parent_teacher"]["sha256"] == hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest()
+    assert meta["training"]["objective"]["attention_kd_weight"] == 1.0
+    hist = meta["training"]["history"]
+    assert "train_att" in hist[0] and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    for field in EVAL_FIELDS:
+        assert field in meta["metrics"]
+
+
+def test_distill_with_pruning_reaches_the_sparsity(teacher_ckpt, corpus, tmp_path):
+    out = tmp_path / "pruned.pt"
+    rc = kws_train("distill", "--teacher", teacher_ckpt, "--data", corpus, "--out", out, "--epochs", "2",
+                   "--prune", "0.5", "--prune-epochs", "1", *TINY, *FAST)
+    assert rc == 0
+    model = load_checkpoint(out).build_model()
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            assert (p == 0).float().mean() >= 0.45, name
+
+
+def test_finetune_stream_and_report(teacher_ckpt, corpus, tmp_path):
+    student = tmp_path / "student.pt"
+    assert kws_train("distill", "--teacher", teacher_ckpt, "--data", corpus, "--out", student, "--epochs", "2",
+                     *TINY, *FAST) == 0
+    streamed = tmp_path / "student_stream.pt"
+    rc = kws_train("finetune-stream", "--ckpt", student, "--data", corpus, "--out", streamed, "--epochs", "2",
+                   "--seq-seconds", "6", "--sequences", "4", "--steps-per-epoch", "3", "--threads", "1",
+                   "--no-progress", "--val-minutes", "0.5", "--eval-minutes", "0.5", "--device", "cpu")
+    assert rc == 0
+    meta = load_checkpoint(streamed).metadata
+    assert meta["finetuned_from"]["path"] == str(student)
+    assert "train_stream" in meta["training"]["history"][0]
+
+    out = tmp_path / "reports"
+    rc = kws_train("report", "--ckpt", f"teacher={teacher_ckpt}", "--ckpt", f"KD={student}",
+                   "--ckpt", f"KD streaming={streamed}", "--data", corpus, "--out", out,
+                   "--stream-minutes", "0.5", "--threads", "1", "--device", "cpu")
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    settings = [r["setting"] for r in report["rows"]]
+    assert settings == ["teacher", "KD", "KD + static int8", "KD + fp16", "KD streaming"]
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert rows["KD + static int8"]["memory_bytes"] < rows["KD + fp16"]["memory_bytes"] < rows["KD"]["memory_bytes"]
+    md = (out / "report.md").read_text()
+    assert "| KD + static int8 |" in md
+    for png in ("metric_macs.png", "metric_memory.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, corpus, capsys):
+    assert kws_train("eval", "--ckpt", tmp_path / "missing.pt", "--data", corpus) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert kws_train("teacher", "--data", tmp_path / "nope", "--out", tmp_path / "t.pt", *TINY, *FAST) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1
+    assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "no" / "t.pt", *TINY, *FAST) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "t.pt").exists()
+
+
+# Pieces ------------------------------------------------------------------------------------
+def test_balanced_sampling_draws_the_requested_share():
+    labels = torch.tensor([1] * 10 + [0] * 990)
+    idx = balanced_indices(labels, 20000, 0.5, torch.Generator().manual_seed(0))
+    share = labels[idx].float().mean().item()
+    assert 0.48 < share < 0.52
+
+
+def test_kd_and_attention_losses():
+    logits = torch.randn(5, 2)
+    assert kd_loss(logits, logits, 2.0).abs() < 1e-6
+    assert kd_loss(logits, -logits, 2.0) > 0
+    p = torch.softmax(torch.randn(4, 11), -1)
+    q = resample_distribution(p, 15)
+    assert q.shape == (4, 15) and torch.allclose(q.sum(-1), torch.ones(4))
+    assert attention_kd_loss(p, p).abs() < 1e-6
+    assert attention_kd_loss(torch.softmax(torch.randn(4, 11), -1), p) > 0
+
+
+def test_pruner_schedule_and_masks():
+    model = CRNN(CRNNConfig(channels=2, hidden=8, gru_layers=1))
+    pruner = MagnitudePruner(0.6, ramp_epochs=3)
+    assert pruner.sparsity_at(0) < pruner.sparsity_at(1) < pruner.sparsity_at(2) == pytest.approx(0.6)
+    assert not pruner.done(1) and pruner.done(2)
+    pruner.update(model, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # an optimizer step would regrow pruned weights ...
+    pruner.apply(model)  # ... the masks hold them at zero
+    w = model.gru.weight_ih_l0
+    assert (w == 0).float().mean() == pytest.approx(0.6, abs=0.02)
+
+
+def test_int8_simulation_reproduces_the_float_paths_when_quantization_is_off():
+    from training.compress import Int8SimCRNN, fp16_model, int8_sim_model
+
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=3, hidden=8, gru_layers=2)).eval()
+    sim = Int8SimCRNN(model)
+    sim.load_state_dict(model.state_dict())  # undo the weight rounding ...
+    sim.calibrating = True  # ... and the activation rounding: must be the float model exactly
+    clips = torch.randn(4, 16000) * 0.1
+    stream = torch.randn(2, 16000 * 3) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(sim.keyword_prob(clips), model.keyword_prob(clips), atol=1e-5)
+        assert torch.allclose(sim.stream_reference(stream), model.stream_reference(stream), atol=1e-5)
+        q = int8_sim_model(model, clips, stream[0])
+        assert set(q.ranges) == {"mel", "gru_in", "h0", "h1", "att_in", "tanh", "context"}
+        diff = (q.keyword_prob(clips) - model.keyword_prob(clips)).abs().max()
+        assert 0 < diff < 0.05  # int8 rounding is visible but small
+        assert (fp16_model(model).keyword_prob(clips) - model.keyword_prob(clips)).abs().max() < 1e-3
+
+
+def test_streaming_targets_follow_the_receptive_window():
+    from training.stream_train import step_targets
+
+    # seminar config: step t ends at 1280 (t + 1) and sees the 16,240 samples before that
+    target, mask = step_targets(CRNNConfig(), 40, [(20000, 26000)])
+    positive = [i for i in range(40) if mask[i] and target[i] == 1]
+    negative = [i for i in range(40) if mask[i] and target[i] == 0]
+    unscored = [i for i in range(40) if not mask[i]]
+    assert positive == list(range(20, 28))
+    assert unscored == list(range(15, 20)) + list(range(28, 32))
+    assert negative == list(range(0, 15)) + list(range(32, 40))

@@ -1,0 +1,369 @@
+"""What the training commands do, end to end: load the corpus into memory, build the model
+and objective, run the shared loop, pick the decision threshold on validation streams,
+evaluate on the test split and write the checkpoint with its model-card metadata."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kws_export.checkpoint import load_checkpoint, save_checkpoint
+from kws_export.config import CRNNConfig
+from kws_export.errors import KWSError
+from kws_export.model import CRNN
+from training.distill import Distillation, MagnitudePruner
+from training.evaluate import LongStream, build_streams, evaluate_model, recommend_threshold
+from training.train import (
+    ClipSet,
+    HardLabels,
+    Objective,
+    TrainOptions,
+    fit,
+    load_clips,
+    pick_device,
+    set_threads,
+    state_path_for,
+)
+
+DEFAULT_KEYWORD = "sheila"
+SYNTH_RECIPE = "synth.json"
+
+
+# Corpus --------------------------------------------------------------------------------------------
+@dataclass
+class Corpus:
+    root: Path
+    keyword: str
+    split_seed: int | None
+    noises: list
+    recipe: dict
+    splits: dict
+
+    def get(self, split: str, config: CRNNConfig) -> ClipSet:
+        if split not in self.splits:
+            self.splits[split] = load_clips(self.root, split, self.keyword, config.clip_samples, config.sample_rate,
+                                            self.split_seed)
+        return self.splits[split]
+
+
+def corpus_keyword(root: Path) -> str | None:
+    p = root / SYNTH_RECIPE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text()).get("keyword")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def open_corpus(root: Path, keyword: str | None, split_seed: int | None, sample_rate: int = 16000) -> Corpus:
+    if not root.exists():
+        raise KWSError(f"{root}: data folder not found (make one with `kws-train synth --keyword sheila --out {root}`)")
+    if not root.is_dir():
+        raise KWSError(f"{root}: is a file, not a folder (expected a Speech Commands style folder)")
+    keyword = keyword or corpus_keyword(root) or DEFAULT_KEYWORD
+    recipe: dict = {"corpus": str(root), "random_split_seed": split_seed}
+    p = root / SYNTH_RECIPE
+    if p.is_file():
+        try:
+            synth = json.loads(p.read_text())
+        except ValueError:
+            raise KWSError(f"{p}: not valid JSON") from None
+        recipe["synth"] = {k: synth.get(k) for k in ("generator", "keyword", "seed", "per_word", "keyword_count",
+                                                      "clips", "voices_used", "engines", "noise_seconds")}
+        recipe["synth_command"] = (f"kws-train synth --keyword {shlex.quote(str(synth.get('keyword')))} --out {shlex.quote(str(root))} "
+                                   f"--per-word {synth.get('per_word')} --keyword-count {synth.get('keyword_count')} "
+                                   f"--seed {synth.get('seed')}")
+    from training.data import SpeechCommands
+
+    ds = SpeechCommands(root, split="train", keyword=keyword, sample_rate=sample_rate, random_split_seed=split_seed)
+    noises = [np.asarray(n, dtype=np.float32) for n in ds.background_noises()]
+    return Corpus(root, keyword, split_seed, noises, recipe, {})
+
+
+# Helpers -------------------------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plain(obj):
+    """Metadata as JSON-able builtins only: checkpoints are read with weights_only=True,
+    which refuses numpy scalars and other objects."""
+    def default(o):
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        if isinstance(o, (np.floating,)):
+            return float(o)
+        if isinstance(o, (np.ndarray, torch.Tensor)):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON-able metadata: {type(o).__name__}")
+
+    return json.loads(json.dumps(obj, default=default))
+
+
+def json_safe(obj):
+    """NaN/Inf (e.g. recall on a stream without keywords) become null: strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+def check_out(path: Path, what: str = "a checkpoint path") -> None:
+    """Fail before any work if ``path`` cannot be written (the write itself is atomic later)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise KWSError(f"{path}: is a directory, expected {what}")
+    if not parent.is_dir():
+        raise KWSError(f"{path}: output directory {parent} does not exist")
+    try:  # permission bits do not tell root the truth (read-only mounts, /sys): try it
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise KWSError(f"{path}: cannot write output ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def read_checkpoint(path: Path):
+    """load_checkpoint without torch's multi-line warnings about refused pickles: the
+    KWSError it raises already says what is wrong, in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_checkpoint(path)
+
+
+def train_options(kw: dict) -> TrainOptions:
+    return TrainOptions(
+        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+        keyword_fraction=kw["keyword_fraction"], epoch_size=kw["epoch_size"], schedule=kw["schedule"],
+        seed=kw["seed"], threads=kw["threads"], device=kw["device"], progress=not kw["no_progress"],
+        stop_after_epochs=kw.get("stop_after_epochs"),
+    )
+
+
+def validate_options(kw: dict) -> None:
+    if kw["epochs"] < 1:
+        raise KWSError("--epochs must be at least 1")
+    if kw["batch_size"] < 1:
+        raise KWSError("--batch-size must be at least 1")
+    if not 0.0 < kw["keyword_fraction"] < 1.0:
+        raise KWSError("--keyword-fraction must be between 0 and 1")
+    if kw["lr"] <= 0:
+        raise KWSError("--lr must be positive")
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "processor": platform.machine(),
+            "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# The shared tail of every training command -----------------------------------------------------------
+def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: TrainOptions, augmenter, kw: dict,
+                   argv: list[str], role: str, extra_meta: dict) -> dict:
+    out: Path = kw["out"]
+    check_out(out)
+    config = model.config
+    train = corpus.get("train", config)
+    val = corpus.get("validation", config)
+    test = corpus.get("test", config)
+    for name, clips in (("validation", val), ("test", test)):
+        pos, neg = clips.counts()
+        if pos == 0 or neg == 0:
+            raise KWSError(f"{corpus.root}: the {name} split needs both keyword clips and other words (has {pos} and {neg})")
+    log(f"{role}: {len(train)} train / {len(val)} validation / {len(test)} test clips, keyword '{corpus.keyword}', "
+        f"{sum(p.numel() for p in model.parameters())} parameters, device {pick_device(opts.device)}, "
+        f"{torch.get_num_threads()} threads")
+    identity = plain({"role": role, "config": config.to_dict(), "data": corpus.recipe,
+                "objective": objective.describe(), "augment": augmenter.describe() if augmenter else None,
+                "options": {k: v for k, v in opts.as_dict().items()
+                            if k not in ("epochs", "progress", "threads", "device", "stop_after_epochs")}})
+    command = command_line(argv)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    base = {
+        "keyword": corpus.keyword, "role": role, "setting": kw.get("setting") or (role if role == "teacher" else Path(out).stem),
+        "data": corpus.recipe, "command": command, "argv": list(argv),
+        "created": started, "machine": machine(),
+        "training": {"options": opts.as_dict(), "objective": objective.describe(),
+                     "augment": augmenter.describe() if augmenter else None},
+        **extra_meta,
+    }
+
+    def on_best(m: CRNN, record: dict) -> None:
+        save_checkpoint(out, m, plain({**base, "training": {**base["training"], "status": "in progress", "best": record}}))
+
+    t0 = time.perf_counter()
+    result = fit(model, objective, train, val, opts, augmenter, state_path=state_path_for(out), resume=kw["resume"],
+                 on_best=on_best, log=log, identity=identity)
+    if not result.finished:
+        log(f"{role}: stopped after epoch {len(result.history)} of {opts.epochs}; {out} holds the best epoch so far "
+            f"({result.best_epoch}); continue with the same command plus --resume")
+        return {}
+    log(f"{role}: best epoch {result.best_epoch} (validation AU-FA-FR {result.best_val['val_au_fa_fr']:.6f}); "
+        f"trained {result.train_seconds / 60:.1f} min; choosing the threshold and evaluating ...")
+    device = pick_device(opts.device)
+    threshold, val_stream = recommend_threshold(model, build_streams(val, kw["val_minutes"], kw["seed"] + 1, corpus.noises),
+                                                device=device)
+    metrics = evaluate_model(model, test, build_streams(test, kw["eval_minutes"], kw["seed"], corpus.noises), threshold,
+                             device=device, threshold_source="validation streams, best event F1")
+    model.cpu()
+    meta = {
+        **base,
+        "training": {**base["training"], "status": "done", "best": result.best_val, "epochs_run": len(result.history),
+                     "history": result.history},
+        "training_time_s": round(result.train_seconds, 1),
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "threshold": threshold,
+        "validation_stream": val_stream,
+        "metrics": metrics,
+    }
+    meta = plain(meta)
+    save_checkpoint(out, model, meta)
+    summary = {k: metrics[k] for k in ("au_fa_fr", "au_fa_fr_streaming", "frr_at_1pct_far", "streaming_recall",
+                                       "false_alarms_per_hour", "threshold", "params", "macs_per_second_network",
+                                       "int8_bytes")}
+    log(f"{role}: wrote {out}: " + json.dumps(summary))
+    return meta
+
+
+# Commands ------------------------------------------------------------------------------------------
+def _arch(kw: dict, keyword: str) -> CRNNConfig:
+    return CRNNConfig(channels=kw["channels"], hidden=kw["hidden"], gru_layers=kw["gru_layers"],
+                      kernel=tuple(kw["kernel"]), stride=tuple(kw["stride"]), keyword=keyword)
+
+
+def _setup(kw: dict, keyword: str | None = None) -> Corpus:
+    validate_options(kw)
+    set_threads(kw["threads"])
+    return open_corpus(kw["data"], kw.get("keyword") or keyword, kw["split_seed"])
+
+
+def make_augmenter(kw: dict, noises: list, sample_rate: int):
+    from training.augment import AugmentConfig, Augmenter
+
+    if kw.get("no_augment"):
+        config = AugmentConfig.none()
+    else:
+        config = AugmentConfig(**{k[4:]: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                                  for k, v in kw.items() if k.startswith("aug_")})
+    return Augmenter(config, noises, sample_rate, seed=kw["seed"])
+
+
+def run_teacher(kw: dict, argv: list[str]) -> dict:
+    check_out(kw["out"])
+    corpus = _setup(kw)
+    torch.manual_seed(kw["seed"])
+    model = CRNN(_arch(kw, corpus.keyword))
+    augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
+    objective = HardLabels(augmenter, kw["label_smoothing"])
+    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "teacher", {})
+
+
+def load_teacher(path: Path) -> tuple[CRNN, dict]:
+    ckpt = read_checkpoint(path)
+    return ckpt.build_model(), {"path": str(path), "sha256": file_sha256(Path(path)),
+                                "config": ckpt.config.to_dict(), "metrics": ckpt.metadata.get("metrics")}
+
+
+def run_distill(kw: dict, argv: list[str]) -> dict:
+    check_out(kw["out"])
+    if not 0.0 <= kw["alpha"] <= 1.0:
+        raise KWSError("--alpha must be between 0 and 1")
+    if kw["temperature"] <= 0:
+        raise KWSError("--temperature must be positive")
+    if not 0.0 <= kw["prune"] < 1.0:
+        raise KWSError("--prune must be in [0, 1)")
+    teacher, parent = load_teacher(kw["teacher_path"])
+    corpus = _setup(kw, teacher.config.keyword)
+    torch.manual_seed(kw["seed"])
+    if kw["init_path"] is not None:
+        init = read_checkpoint(kw["init_path"])
+        model = init.build_model().train()
+        init_info = {"path": str(kw["init_path"]), "sha256": file_sha256(Path(kw["init_path"]))}
+    else:
+        model = CRNN(_arch(kw, corpus.keyword).replace(n_mels=teacher.config.n_mels, n_fft=teacher.config.n_fft,
+                                                       hop=teacher.config.hop, sample_rate=teacher.config.sample_rate))
+        init_info = None
+    pruner = None
+    if kw["prune"] > 0:
+        pruner = MagnitudePruner(kw["prune"], kw["prune_epochs"] or max(1, kw["epochs"] // 2))
+    augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
+    attention_weight = kw["attention_weight"] if kw["attention_kd"] else 0.0
+    objective = Distillation(teacher, augmenter, kw["temperature"], kw["alpha"], attention_weight, pruner)
+    extra = {"parent_teacher": parent}
+    if init_info:
+        extra["init"] = init_info
+    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "student", extra)
+
+
+def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
+    from training.stream_train import StreamingObjective
+
+    check_out(kw["out"])
+    ckpt = read_checkpoint(kw["ckpt"])
+    model = ckpt.build_model().train()
+    corpus = _setup(kw, ckpt.config.keyword)
+    torch.manual_seed(kw["seed"])
+    teacher, parent = (None, None)
+    if kw["teacher_path"] is not None:
+        teacher, parent = load_teacher(kw["teacher_path"])
+    augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
+    train = corpus.get("train", model.config)
+    objective = StreamingObjective(train, corpus.noises, augmenter, kw["seq_seconds"], kw["sequences"],
+                                   kw["clip_weight"], teacher, kw["kd_weight"])
+    opts = train_options(kw)
+    opts.epoch_size = kw["steps_per_epoch"] * opts.batch_size
+    extra = {"finetuned_from": {"path": str(kw["ckpt"]), "sha256": file_sha256(Path(kw["ckpt"]))},
+             "parent_teacher": ckpt.metadata.get("parent_teacher") or parent}
+    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra)
+
+
+def run_eval(kw: dict) -> dict:
+    if kw.get("out") is not None:
+        check_out(kw["out"], "a JSON file path")
+    set_threads(kw["threads"])
+    ckpt = read_checkpoint(kw["ckpt"])
+    model = ckpt.build_model()
+    corpus = open_corpus(kw["data"], kw.get("keyword") or ckpt.config.keyword, kw["split_seed"])
+    device = pick_device(kw["device"])
+    clips = corpus.get(kw["split"], model.config)
+    threshold, source = kw["threshold"], "--threshold"
+    if threshold is None and isinstance(ckpt.metadata.get("threshold"), (int, float)):
+        threshold, source = float(ckpt.metadata["threshold"]), "checkpoint metadata"
+    if threshold is None:
+        val = corpus.get("validation", model.config)
+        threshold, _ = recommend_threshold(model, build_streams(val, 10.0, kw["seed"] + 1, corpus.noises), device=device)
+        source = "validation streams, best event F1"
+    streams: list[LongStream] = build_streams(clips, kw["stream_minutes"], kw["seed"], corpus.noises)
+    result = evaluate_model(model, clips, streams, threshold, device=device, threshold_source=source)
+    return json_safe(plain({"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword, **result}))
