@@ -10,6 +10,7 @@ torchaudio MelSpectrogram).  Pickles are always loaded with ``weights_only=True`
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 import zipfile
@@ -55,7 +56,10 @@ def save_checkpoint(path: str | Path, model: CRNN, metadata: dict[str, Any] | No
         "metadata": meta,
     }
     with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:  # torch's zip writer turns a failed write (disk full, ...) into this
+            raise KWSError(f"{path}: cannot write checkpoint ({_first_line(exc)})") from None
 
 
 def load_checkpoint(path: str | Path, stride: tuple[int, int] | None = None) -> Checkpoint:
@@ -64,16 +68,49 @@ def load_checkpoint(path: str | Path, stride: tuple[int, int] | None = None) -> 
     if _is_torchscript(p):
         ckpt = _load_torchscript(p, stride)
     else:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # weights_only refuses code-running pickles here too
-            raise KWSError(f"{p}: not a readable checkpoint ({_first_line(exc)})") from None
-        ckpt = _from_object(p, obj, stride)
+        ckpt = _from_object(p, _torch_load(p), stride)
     _check_builds(p, ckpt)
     return ckpt
 
 
 # Native and state-dict files -------------------------------------------------------------
+def _sniff(p: Path) -> None:
+    """Refuse files that are neither PyTorch's zip format nor a binary pickle: torch.load
+    would read them as a pickle and fail with e.g. "Unsupported operand 31"."""
+    with open(p, "rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(p) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return
+    if head[:4] == b"RIFF":
+        looks = "; it looks like a wav file"
+    elif p.suffix.lower() == ".onnx":
+        looks = "; it looks like an ONNX model"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        looks = "; it looks like a text file"
+    else:
+        looks = ""
+    raise KWSError(f"{p}: not a readable checkpoint (neither a PyTorch file nor a pickle{looks})")
+
+
+def _torch_load(p: Path) -> Any:
+    _sniff(p)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text:
+            raise KWSError(f"{p}: not a readable checkpoint ({_first_line(exc)})") from None
+        # torch's message is a page of advice to load unsafely; keep only what it refused.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\.?\s*Please|\n|$)", text)
+        what = found.group(1).strip() if found else "objects other than tensors and plain values"
+        raise KWSError(f"{p}: refused: the safe loader (weights_only) does not load this pickle ({what}); "
+                       "a checkpoint must hold only tensors and plain values") from None
+    except Exception as exc:
+        raise KWSError(f"{p}: not a readable checkpoint ({_first_line(exc)})") from None
+
+
 def _from_object(p: Path, obj: Any, stride: tuple[int, int] | None) -> Checkpoint:
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         version = obj.get("format_version")
@@ -207,7 +244,7 @@ def _check_builds(p: Path, ckpt: Checkpoint) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # no terminal colour codes
     return (text[0] if text else type(exc).__name__)[:300]
 
 

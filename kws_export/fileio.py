@@ -17,7 +17,8 @@ def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
     if not p.exists():
         raise KWSError(f"{p}: {what} not found")
     if p.is_dir():
-        raise KWSError(f"{p}: is a directory, expected a {what}")
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise KWSError(f"{p}: is a directory, expected {article} {what}")
     if not os.access(p, os.R_OK):
         raise KWSError(f"{p}: {what} is not readable (permission denied)")
     if p.stat().st_size == 0:
@@ -51,6 +52,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        # The block only writes the output: an OSError there is a full disk, a quota, a
+        # file size limit, an I/O error ... of this file, so name it on one line.
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise KWSError(f"{dest}: cannot write output ({exc.strerror or exc})") from None
         raise

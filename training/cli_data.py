@@ -7,7 +7,7 @@ import click
 
 @click.command("synth")
 @click.option("--keyword", required=True, help='Keyword text, e.g. "sheila" or "hey jarvis".')
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=str), help="Corpus directory to create.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Corpus directory to create.")
 @click.option("--per-word", default=200, show_default=True, type=click.IntRange(min=1), help="Clips per negative word (commands and confusables).")
 @click.option("--keyword-count", default=2000, show_default=True, type=click.IntRange(min=3), help="Clips of the keyword.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same wav bytes.")

@@ -77,6 +77,8 @@ class SpeechCommands(Dataset):
         self.split = split
         self.keyword = keyword
         self.keyword_folder = slug(keyword)
+        if not self.keyword_folder:
+            raise KWSError(f"keyword {keyword!r} has no letters or digits (a-z, 0-9) to name its folder")
         self.sample_rate = int(sample_rate)
         self.clip_samples = int(clip_samples)
         folders = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(("_", ".")))

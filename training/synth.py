@@ -873,6 +873,17 @@ def _prepare_output(out: Path, force: bool) -> None:
         raise KWSError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KWSError(f"{out}: directory is not empty (use --force to replace a corpus in it)")
+    # The corpus is built in a temporary folder beside ``out`` (created with its parents):
+    # try that now, before minutes of synthesis, in the nearest folder that exists.
+    anchor = out.absolute().parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise KWSError(f"{out}: {anchor} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kws-probe-", dir=anchor))
+    except OSError as exc:
+        raise KWSError(f"{out}: cannot write the corpus ({exc.strerror} in {anchor})") from None
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -918,7 +929,7 @@ def corpus_words(keyword: str, max_confusables: int = 20, words: Sequence[str] |
 def check_keyword(keyword: str) -> None:
     """One-line error for a keyword that cannot be spoken."""
     if not slug(keyword):
-        raise KWSError(f"keyword {keyword!r} has no letters or digits to speak")
+        raise KWSError(f"keyword {keyword!r} has no letters or digits to speak (a-z, 0-9: the voices speak English)")
     espeak = get_engine("espeak")
     voice = next(v for v in espeak.voices() if not v.variant)
     x = synthesize(keyword, voice)
