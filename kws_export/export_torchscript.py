@@ -8,6 +8,7 @@ Streaming: the scripted module has ``init_state(batch)`` and ``step(chunk, state
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -96,8 +97,12 @@ def export_torchscript(model: CRNN, path: str | Path, streaming_mode: bool = Fal
     if window_ms is not None and not streaming_mode:
         raise KWSError("--window-ms applies to --streaming exports only")
     scripted = script_module(model, streaming_mode, window_ms)
+    # Serialise in memory first: torch's file writer aborts the process (C++ terminate) when
+    # the disk fills up, while a plain Python write raises an OSError we can report.
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
     with atomic_output(path) as tmp:
-        scripted.save(str(tmp))
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:

@@ -85,6 +85,7 @@ class CRNN(nn.Module):
         The attention window is the one ``state`` was made with."""
         spec = self.stream_spec()
         streaming.check_chunk(chunk, spec.step_samples)
+        streaming.check_state(state, streaming.init_state(spec, chunk.shape[0]))
         return streaming.step(chunk, state, streaming.params(self), spec.n_fft, spec.hop,
                               list(self.config.stride), self.config.gru_layers)
 

@@ -50,8 +50,32 @@ def int8_products(model) -> int:
     )
 
 
+def check_kws_export(model, path: str | Path) -> dict[str, object]:
+    """Refuse an ONNX that is not a kws-edge export, or whose graph inputs disagree with
+    its own kws.* metadata (what the runtime would feed it); return the metadata."""
+    meta = kws_metadata(model)
+    if "kws.format_version" not in meta:
+        raise KWSError(f"{path}: not a kws-edge export (no kws.* metadata)")
+    inputs = {i.name: _shape(i) for i in model.graph.input}
+    expected = {"audio"}
+    states = meta.get("kws.states")
+    if states is not None:
+        try:
+            declared = {str(st["name"]): [int(d) for d in st["shape"]] for st in states}
+        except (TypeError, KeyError, ValueError):
+            raise KWSError(f"{path}: kws.states metadata is malformed") from None
+        expected |= set(declared)
+        for name, shape in declared.items():
+            if name in inputs and inputs[name] != shape:
+                raise KWSError(f"{path}: input {name} has shape {inputs[name]}, its kws.states metadata says {shape}")
+    if set(inputs) != expected:
+        raise KWSError(f"{path}: graph inputs {sorted(inputs)} do not match its kws.* metadata (expected {sorted(expected)})")
+    return meta
+
+
 def describe_onnx(path: str | Path) -> dict:
     model = load_onnx_model(path)
+    check_kws_export(model, path)
     ops = [n.op_type for n in model.graph.node]
     return {
         "path": str(path),

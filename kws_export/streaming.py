@@ -316,6 +316,21 @@ def reference(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: StreamSpec
     return keyword_prob(context, p)
 
 
+def check_state(state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Name the state and the shape it should have, rather than failing deep in a MatMul.
+    The attention ring's length (dim 1 of att_*) is the window the state was made with."""
+    window = state["att_energy"].shape[1] if isinstance(state.get("att_energy"), Tensor) and state["att_energy"].dim() == 2 else None
+    for name, ref in expected.items():
+        got = state.get(name)
+        if not isinstance(got, Tensor):
+            raise KWSError(f"streaming state is missing {name} (expected shape {tuple(ref.shape)})")
+        want = list(ref.shape)
+        if name.startswith("att_") and window is not None:
+            want[1] = window
+        if list(got.shape) != want:
+            raise KWSError(f"streaming state {name} has shape {tuple(got.shape)}, expected {tuple(want)}")
+
+
 def check_chunk(chunk: Tensor, step_samples: int) -> None:
     if chunk.dim() != 2 or chunk.shape[-1] == 0 or chunk.shape[-1] % step_samples:
         raise KWSError(f"a streaming chunk must be (batch, k * {step_samples}) samples, got {tuple(chunk.shape)}")

@@ -84,8 +84,10 @@ def eager_offline(model: CRNN) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def onnx_runner(path: str) -> Runner:
+    from kws_export.onnx_info import check_kws_export, load_onnx_model
     from kws_export.quantize import run_stream, session
 
+    check_kws_export(load_onnx_model(path), path)
     try:
         sess = session(path)
     except Exception as exc:  # onnxruntime raises several types for unreadable files

@@ -501,12 +501,7 @@ case("train-synth-keyword-cjk", "kws-train", ["synth", "--keyword", "\u4f60\u597
 
 # Cases that fail today in files this test's author may not edit: strict xfail, so that a
 # fix turns them into a visible XPASS (then delete the entry).  Keep in step with the report.
-KNOWN: dict[str, str] = {
-    "export-info-no_meta": "kws-export info describes an ONNX without kws.* metadata and exits 0",
-    "export-info-wrong_inputs": "kws-export info does not check the graph against its kws.* metadata",
-    "export-verify-onnx-no_meta": "verify runs a foreign ONNX: onnxruntime InvalidArgument becomes an internal error",
-    "export-verify-onnx-wrong_inputs": "verify runs a graph whose inputs differ from its metadata: internal error",
-}
+KNOWN: dict[str, str] = {}
 
 
 def tree(path: Path) -> dict[str, tuple]:
@@ -648,10 +643,6 @@ def test_a_successful_run_replaces_an_existing_output_whole(run, files, corpus, 
 
 @pytest.mark.parametrize("what", ["export-onnx", "export-torchscript", "detect-plot", "train-eval"])
 def test_a_write_that_fails_midway_keeps_the_old_file(request, run, files, corpus, tmp_path, what):
-    if what == "export-torchscript":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "kws_export/export_torchscript.py: ScriptModule.save's RuntimeError on a failed write "
-            "reaches the user as an internal error")))
     prog, argv, name = outputs(files, corpus, tmp_path)[what]
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -787,12 +778,6 @@ def _wrong_states(model: CRNN) -> dict[str, dict]:
     }
 
 
-PYTORCH_STATE_XFAIL = ("kws_export/model.py CRNN.step / kws_export/streaming.py step do not check the state: torch "
-                       "raises RuntimeError/KeyError ('mat1 and mat2 shapes cannot be multiplied', \"'gru_h0'\") "
-                       "instead of a KWSError naming the state and the shape it should have")
-
-
-@pytest.mark.xfail(strict=True, reason=PYTORCH_STATE_XFAIL)
 @pytest.mark.parametrize("what", ["wider GRU", "fewer mel frames", "shorter audio tail", "batch of two", "missing state"])
 def test_pytorch_step_refuses_a_wrong_state(what):
     torch.manual_seed(0)
