@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -67,8 +68,7 @@ class StreamingModel:
 
     def __init__(self, path: str, threads: int = 1):
         self.path = str(path)
-        if not os.path.isfile(self.path):
-            raise DetectError(f"{self.path}: model not found")
+        _check_input_file(self.path, "model", "an ONNX model")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -78,7 +78,7 @@ class StreamingModel:
         try:
             self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several types for unreadable files
-            raise DetectError(f"{self.path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise DetectError(f"{self.path}: not a loadable ONNX model ({_ort_reason(exc, self.path)})") from None
         self._read_metadata()
         self._check_graph()
         self._allocate()
@@ -230,6 +230,15 @@ class StreamingModel:
             out[i] = prob
         return out.reshape(-1)
 
+    def run_one(self, chunk: np.ndarray) -> np.ndarray:
+        """One chunk (chunk_samples,) -> (steps_per_call,) probabilities: ``run`` without
+        its loop and output array (a live stream calls once per chunk; issue 7 measured
+        ~20 us of Python per call)."""
+        self._audio[0] = chunk
+        self.session.run_with_iobinding(self._bindings[self._current])
+        self._current = 1 - self._current
+        return self._prob.copy()
+
 
 # The detector -------------------------------------------------------------------------------
 class Detector:
@@ -286,6 +295,8 @@ class Detector:
     def process(self, samples) -> list[dict]:
         x = self._as_samples(samples)
         chunk = self.chunk_samples
+        if not self._pending_len and len(x) == chunk:  # the common live case: exactly one chunk
+            return self._emit(self.model.run_one(x), self.steps_per_call)
         if self._pending_len + len(x) < chunk:
             self._pending[self._pending_len:self._pending_len + len(x)] = x
             self._pending_len += len(x)
@@ -323,6 +334,8 @@ class Detector:
             x = x.reshape(-1)
         if x.ndim != 1:
             raise DetectError(f"expected mono samples (1-D), got an array of shape {x.shape}")
+        if x.dtype == np.float32 and np.isfinite(x).all():  # the live case: skip the dtype checks and cast
+            return x
         if x.dtype == np.int16:
             return x.astype(np.float32) / np.float32(32768.0)
         if x.dtype.kind not in "fiu" or (x.dtype.kind in "iu" and x.size):
@@ -391,17 +404,14 @@ class WavReader:
     """A RIFF/WAVE file read in blocks of float32 mono samples, without soundfile.
 
     PCM 8 (unsigned), 16, 24 and 32 bit, IEEE float 32 and 64 bit, plain or
-    WAVE_FORMAT_EXTENSIBLE, any channel count (averaged to mono).  The header is checked
-    on open, and float files are scanned for NaN/Inf, so a bad file fails before any
-    detection is printed.
+    WAVE_FORMAT_EXTENSIBLE, any channel count (averaged to mono); float samples beyond full
+    scale are clipped to [-1, 1].  The header is checked on open, and float files are
+    scanned for NaN/Inf, so a bad file fails before any detection is printed.
     """
 
     def __init__(self, path: str):
         self.path = str(path)
-        if not os.path.exists(self.path):
-            raise DetectError(f"{self.path}: audio file not found")
-        if os.path.isdir(self.path):
-            raise DetectError(f"{self.path}: is a directory, expected a wav file")
+        _check_input_file(self.path, "audio file", "a wav file", allow_empty=True)  # the header check names an empty one
         try:
             self._file = open(self.path, "rb")
         except OSError as exc:
@@ -487,11 +497,13 @@ class WavReader:
             left -= n
             yield data, n
 
-    def _decode(self, data: bytes, n: int) -> np.ndarray:
+    def _decode(self, data: bytes, n: int, clip: bool = True) -> np.ndarray:
         """Bytes of n frames -> (n, channels) float scaled to [-1, 1)."""
         bits = self.bits
         if self.kind == "float":
             x = np.frombuffer(data, "<f4" if bits == 32 else "<f8")
+            if clip:  # as training and export read wavs (kws_export.audio): the model never saw more
+                x = np.clip(x, -1.0, 1.0)
         elif bits == 8:
             x = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
         elif bits == 16:
@@ -507,7 +519,7 @@ class WavReader:
     def _check_finite(self) -> None:
         done = 0
         for data, n in self._raw_blocks(65536):
-            x = self._decode(data, n)
+            x = self._decode(data, n, clip=False)  # clipping would turn Inf into full scale
             bad = ~np.isfinite(x).all(axis=1)
             if bad.any():
                 at = (done + int(np.flatnonzero(bad)[0])) / self.sample_rate
@@ -680,14 +692,48 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+def _ort_reason(exc: BaseException, path: str) -> str:
+    """onnxruntime's load error without its codes and the path we already print, plus what
+    the file looks like when it is a well-known other kind."""
+    reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", _first_line(exc))
+    reason = reason.replace(f"Load model from {path} failed:", "").strip().rstrip(".")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head == b"RIFF":
+        reason += "; it is a wav file: give it as an INPUT, the model with --model"
+    elif head[:2] == b"PK" or head[:1] == b"\x80":
+        reason += "; it looks like a PyTorch checkpoint: export it with `kws-export onnx --streaming`"
+    return reason
+
+
+def _check_input_file(path: str, what: str, expected: str, allow_empty: bool = False) -> None:
+    """One line for each way an input path can fail before its contents are read."""
+    if not os.path.exists(path):
+        raise DetectError(f"{path}: {what} not found")
+    if os.path.isdir(path):
+        raise DetectError(f"{path}: is a directory, expected {expected}")
+    if not allow_empty and os.path.getsize(path) == 0:
+        raise DetectError(f"{path}: empty file, expected {expected}")
+
+
 def _check_plot_path(path: str) -> None:
+    """Fail before any audio is processed when the plot could not be written.  Creating a
+    file is the only reliable test: permission bits do not stop root, and a read-only
+    file system or an ACL does not show in them."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise DetectError(f"{path}: is a directory, expected an image path for --plot")
     if not os.path.isdir(parent):
         raise DetectError(f"{path}: output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise DetectError(f"{path}: output directory {parent} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise DetectError(f"{path}: cannot write the plot ({exc.strerror} in {parent})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_plot(path: str, tracks: list[dict], threshold: float, keyword: str, smooth: int) -> None:
@@ -719,7 +765,11 @@ def write_plot(path: str, tracks: list[dict], threshold: float, keyword: str, sm
     fig.tight_layout()
     parent = os.path.dirname(os.path.abspath(path))
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        plt.close(fig)
+        raise DetectError(f"{path}: cannot write the plot ({exc.strerror} in {parent})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -729,8 +779,9 @@ def write_plot(path: str, tracks: list[dict], threshold: float, keyword: str, sm
         os.replace(tmp, path)
     except BaseException as exc:
         os.unlink(tmp)
-        if isinstance(exc, ValueError):  # matplotlib: unknown format
-            raise DetectError(f"{path}: cannot write the plot ({_first_line(exc)})") from None
+        if isinstance(exc, (ValueError, OSError)):  # matplotlib: unknown format; disk full, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+            raise DetectError(f"{path}: cannot write the plot ({reason})") from None
         raise
     finally:
         plt.close(fig)
@@ -746,8 +797,14 @@ def model_info(detector: Detector) -> dict:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error (argparse adds the usage)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="detect.py",
         description="Detect the keyword of a kws-edge streaming ONNX model in wav files, raw PCM on stdin, or the microphone.",
     )
