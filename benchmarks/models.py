@@ -13,7 +13,6 @@ Exports are made with the same functions ``kws-export`` runs.  A shipped export 
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from kws_export.checkpoint import load_checkpoint, save_checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
+from kws_export.fileio import sha256_file
 from kws_export.model import CRNN
 
 DEV_CONFIGS = {
@@ -48,14 +48,6 @@ class BenchModel:
     @property
     def config(self) -> CRNNConfig:
         return self.model.config
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dev_checkpoints(work: Path, seed: int = 0) -> list[Path]:

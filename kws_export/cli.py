@@ -82,7 +82,7 @@ def torchscript_cmd(ckpt, output, streaming, window_ms, stride) -> None:
     """Export to TorchScript: offline, a drop-in for the course's stream.py; or the streaming step."""
     from pathlib import Path
 
-    from kws_export.export_onnx import check_writable
+    from kws_export.fileio import check_writable
     from kws_export.export_torchscript import export_torchscript
 
     check_writable(output)

@@ -10,7 +10,6 @@ cell of Gemm nodes (two per layer and step) so that static int8 quantizes it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from kws_export import onnx_graph
 from kws_export.checkpoint import Checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
-from kws_export.fileio import atomic_output
+from kws_export.fileio import atomic_output, check_writable, sha256_file
 from kws_export.frontend import _hz_to_mel_htk
 from kws_export.model import CRNN, count_parameters
 from kws_export.onnx_graph import Graph
@@ -271,14 +270,6 @@ def _zrh(w: torch.Tensor, hidden: int) -> np.ndarray:
 
 
 # Metadata and writing ---------------------------------------------------------------------
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def threshold_of(ckpt: Checkpoint) -> float:
     """The recommended decision threshold stored by training, else 0.5."""
     value = ckpt.metadata.get("threshold")
@@ -353,20 +344,6 @@ def finalize(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     model.ir_version = _IR_VERSION[opset]
     onnx.checker.check_model(model)
     return model
-
-
-def check_writable(path: str | Path) -> None:
-    """Fail before any work when the output cannot be written (atomic_output checks again)."""
-    import os
-
-    dest = Path(path)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise KWSError(f"{dest}: is a directory, expected an output file path")
-    if not parent.is_dir():
-        raise KWSError(f"{dest}: output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise KWSError(f"{dest}: cannot write output (permission denied on {parent})")
 
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> None:

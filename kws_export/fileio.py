@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +27,27 @@ def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail before any work when the output cannot be written (atomic_output checks again)."""
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if dest.is_dir():
+        raise KWSError(f"{dest}: is a directory, expected an output file path")
+    if not parent.is_dir():
+        raise KWSError(f"{dest}: output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KWSError(f"{dest}: cannot write output (permission denied on {parent})")
+    return dest
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
@@ -33,12 +55,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     A failure (or an interrupt) leaves any existing file untouched and no partial
     file behind.  An unwritable destination is reported before any work is done.
     """
-    dest = Path(path)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if dest.is_dir():
-        raise KWSError(f"{dest}: is a directory, expected an output file path")
-    if not parent.is_dir():
-        raise KWSError(f"{dest}: output directory {parent} does not exist")
+    dest = check_writable(path)
+    parent = dest.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:

@@ -5,7 +5,6 @@ evaluate on the test split and write the checkpoint with its model-card metadata
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ import torch
 from kws_export.checkpoint import load_checkpoint, save_checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
+from kws_export.fileio import sha256_file
 from kws_export.model import CRNN
 from training.distill import Distillation, MagnitudePruner
 from training.evaluate import LongStream, build_streams, evaluate_model, recommend_threshold
@@ -95,12 +95,6 @@ def open_corpus(root: Path, keyword: str | None, split_seed: int | None, sample_
 
 
 # Helpers -------------------------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plain(obj):
@@ -291,7 +285,7 @@ def run_teacher(kw: dict, argv: list[str]) -> dict:
 
 def load_teacher(path: Path) -> tuple[CRNN, dict]:
     ckpt = read_checkpoint(path)
-    return ckpt.build_model(), {"path": str(path), "sha256": file_sha256(Path(path)),
+    return ckpt.build_model(), {"path": str(path), "sha256": sha256_file(Path(path)),
                                 "config": ckpt.config.to_dict(), "metrics": ckpt.metadata.get("metrics")}
 
 
@@ -309,7 +303,7 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     if kw["init_path"] is not None:
         init = read_checkpoint(kw["init_path"])
         model = init.build_model().train()
-        init_info = {"path": str(kw["init_path"]), "sha256": file_sha256(Path(kw["init_path"]))}
+        init_info = {"path": str(kw["init_path"]), "sha256": sha256_file(Path(kw["init_path"]))}
     else:
         model = CRNN(_arch(kw, corpus.keyword).replace(n_mels=teacher.config.n_mels, n_fft=teacher.config.n_fft,
                                                        hop=teacher.config.hop, sample_rate=teacher.config.sample_rate))
@@ -343,7 +337,7 @@ def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
                                    kw["clip_weight"], teacher, kw["kd_weight"])
     opts = train_options(kw)
     opts.epoch_size = kw["steps_per_epoch"] * opts.batch_size
-    extra = {"finetuned_from": {"path": str(kw["ckpt"]), "sha256": file_sha256(Path(kw["ckpt"]))},
+    extra = {"finetuned_from": {"path": str(kw["ckpt"]), "sha256": sha256_file(Path(kw["ckpt"]))},
              "parent_teacher": ckpt.metadata.get("parent_teacher") or parent}
     return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra)
 
