@@ -30,6 +30,19 @@ def run(cmd: list[str]) -> None:
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
 
 
+def summarize(path: Path) -> None:
+    """One line from `kws-export info` on a checkpoint instead of its whole JSON."""
+    import json
+
+    say(f"$ kws-export info {path}")
+    info = json.loads(subprocess.run([str(BIN / "kws-export"), "info", str(path)], check=True, cwd=ROOT,
+                                     capture_output=True, text=True).stdout)
+    meta, cfg = info.get("metadata", {}), info.get("config", {})
+    metrics = meta.get("metrics", {})
+    say(f"  {path.name}: {info['params']:,} params (channels {cfg.get('channels')}, hidden {cfg.get('hidden')}), "
+        f"test AU-FA-FR {metrics.get('au_fa_fr', float('nan')):.2e}, threshold {meta.get('threshold')}")
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     ckpt = ROOT / "checkpoints" / "student.pt"
@@ -37,7 +50,7 @@ def main() -> int:
         say("shipped student checkpoints/student.pt: not available yet (training issue)")
         ckpt = None
     else:
-        run([BIN / "kws-export", "info", ckpt])
+        summarize(ckpt)
 
     model = None
     if ckpt is None or not available("kws_export.export_onnx"):
