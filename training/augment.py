@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from kws_export.audio import sinc_resample_kernel
 from kws_export.errors import KWSError
-from training.synth import speech_span
+from training.streams import fade_ramp, place_clip
 
 SPEED_STEPS = 100  # speed factors are quantised to 1/100: one small polyphase kernel each
 
@@ -329,16 +329,10 @@ def make_long_sequence(clips, labels, noises: Sequence[np.ndarray] | NoiseBank |
             cursor += t + gap()
         total = cursor
     audio = np.zeros(total, dtype=np.float32)
-    fade = min(t // 4, int(0.005 * sample_rate))
-    ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade))).astype(np.float32) if fade else np.ones(0, np.float32)
+    ramp = fade_ramp(t, sample_rate)
     speech, powers = [], []
     for i, start in layout:
-        c = waves[i].copy()
-        if fade:
-            c[:fade] *= ramp
-            c[-fade:] *= ramp[::-1]
-        audio[start:start + t] += c
-        a, b = speech_span(c, sample_rate)
+        c, a, b = place_clip(audio, waves[i], start, ramp, sample_rate)
         speech.append((start + a, start + b))
         if b > a:
             powers.append(float(np.mean(c[a:b] ** 2)))

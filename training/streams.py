@@ -17,6 +17,24 @@ from kws_export.errors import KWSError
 from training.synth import speech_span
 
 
+def fade_ramp(clip_samples: int, sample_rate: int) -> np.ndarray:
+    """A 5 ms raised-cosine ramp (at most a quarter clip): glued clips must not click."""
+    fade = min(clip_samples // 4, int(0.005 * sample_rate))
+    return (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade))).astype(np.float32)
+
+
+def place_clip(audio: np.ndarray, clip: np.ndarray, start: int, ramp: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int, int]:
+    """Add ``clip`` into ``audio`` at ``start``, faded in and out by ``ramp``; return the
+    faded clip and its speech span (a, b) in samples from the clip's start."""
+    c = clip.copy()
+    if len(ramp):
+        c[:len(ramp)] *= ramp
+        c[-len(ramp):] *= ramp[::-1]
+    audio[start:start + len(c)] += c
+    a, b = speech_span(c, sample_rate)
+    return c, a, b
+
+
 def _to_numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):  # a torch tensor
         a = a.detach().cpu().numpy()
@@ -65,8 +83,7 @@ def make_stream(source, *, duration_s: float = 60.0, keyword_every_s: float | No
     if every > 0 and len(pos) == 0:
         raise KWSError("cannot insert keywords: the clips hold no keyword clip")
     audio = np.zeros(total, dtype=np.float32)
-    fade = min(t // 4, int(0.005 * sample_rate))
-    ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade))).astype(np.float32)
+    ramp = fade_ramp(t, sample_rate)
     spans: list[tuple[float, float]] = []
     powers: list[float] = []
     cursor = int(rng.uniform(0.2, 1.0) * sample_rate)
@@ -81,12 +98,7 @@ def make_stream(source, *, duration_s: float = 60.0, keyword_every_s: float | No
         else:
             i = -1  # only keyword clips given: leave the slot to the noise
         if i >= 0:
-            c = waves[i].copy()
-            if fade:
-                c[:fade] *= ramp
-                c[-fade:] *= ramp[::-1]
-            audio[cursor:cursor + t] += c
-            a, b = speech_span(c, sample_rate)
+            c, a, b = place_clip(audio, waves[i], cursor, ramp, sample_rate)
             if b > a:
                 powers.append(float(np.mean(c[a:b].astype(np.float64) ** 2)))
                 if is_keyword:
