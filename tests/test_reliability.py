@@ -462,6 +462,9 @@ for key, problem in CKPT_CASES:
 for key, problem in (("random_ckpt", "not_ckpt"), ("evil", "evil"), ("other_arch", "arch")):
     case(f"train-distill-init-{key}", "kws-train", ["distill", "--teacher", "{ckpt}", "--init", "{%s}" % key, "--data",
                                                     "{corpus}", "-o", "{out}", *TRAIN_TINY], key, problem, ("s.pt", True))
+for key, problem in (("random_ckpt", "not_ckpt"), ("evil", "evil"), ("missing_ckpt", "missing")):
+    case(f"train-teacher-init-{key}", "kws-train", ["teacher", "--init", "{%s}" % key, "--data", "{corpus}", "-o",
+                                                    "{out}", *TRAIN_TINY], key, problem, ("t.pt", True))
 for kind in ("text", "empty", "truncated", "nan", "inf", "dir"):
     case(f"train-teacher-data-{kind}", "kws-train", ["teacher", "--data", "{corpus}", "-o", "{out}", *TRAIN_TINY],
          "{bad_clip}", kind, ("t.pt", True), corpus=kind)

@@ -102,6 +102,21 @@ def test_resume_continues_exactly(corpus, tmp_path):
         assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6), k
 
 
+def test_teacher_init_continues_from_a_checkpoint(teacher_ckpt, corpus, tmp_path):
+    from kws_export.fileio import sha256_file
+
+    out = tmp_path / "continued.pt"
+    # the architecture comes from --init (these default-size options are ignored); a
+    # near-zero learning rate keeps the weights where the parent left them
+    assert kws_train("teacher", "--data", corpus, "--out", out, "--init", teacher_ckpt, "--epochs", "1",
+                     "--lr", "1e-12", *FAST, "--eval-minutes", "0.2", "--val-minutes", "0.2") == 0
+    parent, child = load_checkpoint(teacher_ckpt), load_checkpoint(out)
+    assert child.config == parent.config
+    assert child.metadata["init"] == {"path": str(teacher_ckpt), "sha256": sha256_file(teacher_ckpt)}
+    for k in parent.state_dict:
+        assert torch.allclose(parent.state_dict[k], child.state_dict[k], atol=1e-6), k
+
+
 def test_distill_student_with_attention_kd_on_another_time_axis(teacher_ckpt, corpus, tmp_path):
     out = tmp_path / "student.pt"
     # kernel/stride (time) differ from the teacher's: attention KD resamples the teacher's distribution

@@ -135,6 +135,8 @@ STUDENT_ARCH = {"channels": 4, "hidden": 16, "gru_layers": 1, "kernel": (5, 20),
 @click.option("--epochs", type=int, default=60, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
+              help="Start from this checkpoint's weights (its architecture wins), e.g. to continue on a larger corpus.")
 @arch_options(TEACHER_ARCH)
 @run_options
 @augment_options

@@ -275,12 +275,20 @@ def make_augmenter(kw: dict, noises: list, sample_rate: int):
 
 def run_teacher(kw: dict, argv: list[str]) -> dict:
     check_out(kw["out"])
-    corpus = _setup(kw)
+    init, extra = _init_from(kw.get("init_path"))
+    corpus = _setup(kw, init.config.keyword if init else None)
     torch.manual_seed(kw["seed"])
-    model = CRNN(_arch(kw, corpus.keyword))
+    model = init.build_model().train() if init else CRNN(_arch(kw, corpus.keyword))
     augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
     objective = HardLabels(augmenter, kw["label_smoothing"])
-    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "teacher", {})
+    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "teacher", extra)
+
+
+def _init_from(path: Path | None):
+    """(checkpoint, metadata naming it) for --init, or (None, {})."""
+    if path is None:
+        return None, {}
+    return read_checkpoint(path), {"init": {"path": str(path), "sha256": sha256_file(Path(path))}}
 
 
 def load_teacher(path: Path) -> tuple[CRNN, dict]:
@@ -300,23 +308,19 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     teacher, parent = load_teacher(kw["teacher_path"])
     corpus = _setup(kw, teacher.config.keyword)
     torch.manual_seed(kw["seed"])
-    if kw["init_path"] is not None:
-        init = read_checkpoint(kw["init_path"])
+    init, init_extra = _init_from(kw["init_path"])
+    if init is not None:
         model = init.build_model().train()
-        init_info = {"path": str(kw["init_path"]), "sha256": sha256_file(Path(kw["init_path"]))}
     else:
         model = CRNN(_arch(kw, corpus.keyword).replace(n_mels=teacher.config.n_mels, n_fft=teacher.config.n_fft,
                                                        hop=teacher.config.hop, sample_rate=teacher.config.sample_rate))
-        init_info = None
     pruner = None
     if kw["prune"] > 0:
         pruner = MagnitudePruner(kw["prune"], kw["prune_epochs"] or max(1, kw["epochs"] // 2))
     augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
     attention_weight = kw["attention_weight"] if kw["attention_kd"] else 0.0
     objective = Distillation(teacher, augmenter, kw["temperature"], kw["alpha"], attention_weight, pruner)
-    extra = {"parent_teacher": parent}
-    if init_info:
-        extra["init"] = init_info
+    extra = {"parent_teacher": parent, **init_extra}
     return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "student", extra)
 
 
