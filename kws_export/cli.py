@@ -57,18 +57,21 @@ CKPT = click.option("--ckpt", required=True, type=click.Path(),
 @CKPT
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx path (written atomically).")
 @click.option("--streaming", is_flag=True, help="Export the stateful streaming step instead of the offline clip model.")
-@click.option("--int8", is_flag=True, help="Static int8 (QDQ) quantization of the streaming step.")
+@click.option("--int8", is_flag=True, help="int8 quantization of the streaming step (see --int8-mode).")
+@click.option("--int8-mode", type=click.Choice(["static", "weights"]), default="static", show_default=True,
+              help="static: calibrated QDQ, int8 arithmetic; weights: int8 storage, float32 arithmetic "
+                   "(no calibration, exact to the rounded weights, fastest for small models).")
 @click.option("--calib", type=click.Path(), default=None, help="Directory of calibration wavs for --int8 (default: a small corpus synthesized on the fly).")
 @click.option("--chunk-ms", type=float, default=None, help="Audio per call, a multiple of the step (default: one step, 80 ms).")
 @click.option("--window-ms", type=float, default=None, help="Attention window (default: the training clip, 1 s = 11 steps).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-21).")
 @STRIDE
-def onnx_cmd(ckpt, output, streaming, int8, calib, chunk_ms, window_ms, opset, stride) -> None:
+def onnx_cmd(ckpt, output, streaming, int8, int8_mode, calib, chunk_ms, window_ms, opset, stride) -> None:
     """Export to ONNX (log-mel frontend inside the graph, kws.* metadata)."""
     from kws_export.export_onnx import export_onnx_file
 
     desc = export_onnx_file(ckpt, output, streaming=streaming, int8=int8, calib=calib, chunk_ms=chunk_ms,
-                            window_ms=window_ms, opset=opset, stride=stride)
+                            window_ms=window_ms, opset=opset, stride=stride, int8_mode=int8_mode)
     click.echo(json.dumps(desc, indent=2, default=str))
 
 

@@ -368,22 +368,33 @@ def export_graph(ckpt: Checkpoint, source: str | Path, streaming: bool, chunk_ms
     return finalize(proto, opset), layout
 
 
+INT8_MODES = ("static", "weights")
+
+
 def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = False, int8: bool = False,
                      calib: str | Path | None = None, chunk_ms: float | None = None, window_ms: float | None = None,
-                     opset: int = onnx_graph.OPSET, stride=None, seed: int = 0) -> dict[str, Any]:
-    """``kws-export onnx``: load, build, (quantize), self-check, write atomically, describe."""
+                     opset: int = onnx_graph.OPSET, stride=None, seed: int = 0, int8_mode: str = "static") -> dict[str, Any]:
+    """``kws-export onnx``: load, build, (quantize), self-check, write atomically, describe.
+    ``int8_mode``: "static" (calibrated QDQ, int8 arithmetic) or "weights" (int8 storage,
+    float32 arithmetic; see quantize.int8_weights)."""
     from kws_export.checkpoint import load_checkpoint
     from kws_export.onnx_info import describe_onnx
 
     if int8 and not streaming:
         raise KWSError("--int8 quantizes the streaming step: add --streaming")
-    if calib is not None and not int8:
-        raise KWSError("--calib is calibration audio for --int8")
+    if int8_mode not in INT8_MODES:
+        raise KWSError(f"--int8-mode must be one of {', '.join(INT8_MODES)}, not {int8_mode!r}")
+    if calib is not None and not (int8 and int8_mode == "static"):
+        raise KWSError("--calib is calibration audio for --int8 (static mode)")
     check_writable(out)
     ckpt = load_checkpoint(ckpt_path, stride)
     proto, layout = export_graph(ckpt, ckpt_path, streaming, chunk_ms, window_ms, opset)
     _self_check(proto, ckpt.build_model(), layout)
-    if int8:
+    if int8 and int8_mode == "weights":
+        from kws_export.quantize import int8_weights
+
+        proto = int8_weights(proto)
+    elif int8:
         from kws_export import quantize
 
         keyword = str(ckpt.metadata.get("keyword", ckpt.config.keyword))

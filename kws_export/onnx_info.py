@@ -86,6 +86,7 @@ def describe_onnx(path: str | Path) -> dict:
         "nodes": len(ops),
         "quantized_nodes": sum(op in QUANT_OPS for op in ops),
         "int8_products": int8_products(model),
+        "int8_weights": sum(1 for t in model.graph.initializer if t.data_type == 3),  # TensorProto.INT8
         "metadata": kws_metadata(model),
         "size_bytes": Path(path).stat().st_size,
     }

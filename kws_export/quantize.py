@@ -297,3 +297,88 @@ def quantize_streaming(fp32: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarr
     model.metadata_props.extend(fp32.metadata_props)
     model.producer_name = fp32.producer_name
     return model
+
+
+# Weight-only int8 --------------------------------------------------------------------------------
+WEIGHT_INPUTS = {"Gemm": 1, "MatMul": 1, "Conv": 1}  # the operand that is a weight matrix
+
+
+def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per row (output channel): (q, scale[rows])."""
+    rows = w.reshape(w.shape[0], -1)
+    absmax = np.abs(rows).max(axis=1)
+    scale = np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8).reshape(w.shape)
+    return q, scale
+
+
+def int8_weights(fp32: onnx.ModelProto, fine: Sequence[str] = ("g0_wi",)) -> onnx.ModelProto:
+    """Copy of ``fp32`` whose weight matrices are stored as int8 (symmetric, one scale per
+    output channel) and turned back into float32 by ``Cast`` and ``Mul`` nodes.
+
+    Those nodes read only initializers, so onnxruntime constant-folds them when a session
+    loads: every step then runs the float32 graph itself, with the rounded weights.  On a
+    student this small, integer kernels are slower than float32 ones (per-node overhead,
+    not arithmetic, bounds a step; see benchmarks/results.md), so this is the int8 file
+    that is both small and fast; static int8 (``int8_streaming``) is the one that computes
+    in int8.  Nothing needs calibration: activations stay float32.  Biases and the
+    frontend's scalars stay float32 (a few hundred bytes).
+
+    ``fine`` names weights stored as two int8 tensors (the rounding and its remainder at a
+    127x finer scale: ~15 bits): the first GRU layer's input weights, which multiply conv
+    features spanning tens.  Alone they are most of the 8-bit error (|dprob| 0.016 -> 0.008
+    on the shipped student) for 2 KB."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    weights = []
+    for node in graph.node:
+        index = WEIGHT_INPUTS.get(node.op_type)
+        if index is None or len(node.input) <= index:
+            continue
+        name = node.input[index]
+        if name in inits and name not in weights and inits[name].data_type == TensorProto.FLOAT:
+            weights.append(name)
+    cast_nodes, quantized = [], []
+    for name in weights:
+        w = numpy_helper.to_array(inits[name])
+        if w.ndim < 2:
+            continue
+        graph.initializer.remove(inits[name])
+        parts = [w]
+        if name in fine:
+            q, scale = _int8_rows(w)
+            parts = [w, w - q.astype(np.float32) * scale.reshape([-1] + [1] * (w.ndim - 1))]
+        terms = []
+        for i, part in enumerate(parts):
+            q, scale = _int8_rows(part)
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q8{i}"),
+                                      numpy_helper.from_array(scale.reshape([-1] + [1] * (w.ndim - 1)), f"{name}_qs{i}")])
+            terms.append(f"{name}_qw{i}" if len(parts) > 1 else name)
+            cast_nodes += [helper.make_node("Cast", [f"{name}_q8{i}"], [f"{name}_qf{i}"], to=TensorProto.FLOAT),
+                           helper.make_node("Mul", [f"{name}_qf{i}", f"{name}_qs{i}"], [terms[-1]])]
+        if len(terms) > 1:
+            cast_nodes.append(helper.make_node("Add", terms, [name]))
+        quantized.append(name)
+    nodes = cast_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    model.metadata_props.append(onnx.StringStringEntryProto(key="kws.quantization", value=json.dumps({
+        "format": "int8 weights", "weights": "int8, symmetric, one scale per output channel",
+        "activations": "float32", "int8": f"{len(quantized)} weight matrices (conv, GRU, attention, classifier)",
+        "two_level": [n for n in quantized if n in fine],
+        "float32": "arithmetic (the weights are dequantized once, when the session loads), biases, frontend",
+    }, sort_keys=True)))
+    return model
+
+
+def int8_weight_tensors(model: onnx.ModelProto) -> int:
+    """How many int8 initializers ``model`` holds (weights stored as int8)."""
+    from onnx import TensorProto
+
+    return sum(1 for t in model.graph.initializer if t.data_type == TensorProto.INT8)

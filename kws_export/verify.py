@@ -26,7 +26,7 @@ FP32_TOL = 1e-5
 COURSE_TOL = 1e-4          # a course TorchScript computes its STFT with torch.stft, we with rfft
 INT8_MAX_DIFF = 0.02
 INT8_AGREEMENT = 0.999
-STREAM_SUFFIXES = (".stream.int8.onnx", ".stream.onnx", ".onnx", ".stream.ts", ".ts")
+STREAM_SUFFIXES = (".stream.int8.onnx", ".stream.int8w.onnx", ".stream.onnx", ".onnx", ".stream.ts", ".ts")
 
 
 @dataclass
@@ -94,16 +94,20 @@ def onnx_runner(path: str) -> Runner:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise KWSError(f"{path}: not a loadable ONNX model ({first})") from None
     meta = sess.get_modelmeta().custom_metadata_map
-    int8 = any(n in ("QuantizeLinear", "DequantizeLinear") for n in _op_types(path))
+    int8 = _is_quantized(path)
     if "kws.states" in meta:
         return Runner(Path(path).name, str(path), "stream", int8, lambda audio: run_stream(sess, audio))
     return Runner(Path(path).name, str(path), "offline", int8, lambda batch: sess.run(["prob"], {"audio": batch})[0])
 
 
-def _op_types(path: str) -> set[str]:
+def _is_quantized(path: str) -> bool:
+    """Static int8 (QDQ nodes) or int8 weights (int8 initializers): compared at int8 tolerance."""
     import onnx
 
-    return {n.op_type for n in onnx.load(str(path)).graph.node}
+    from kws_export.quantize import int8_weight_tensors
+
+    model = onnx.load(str(path))
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node) or int8_weight_tensors(model) > 0
 
 
 def torchscript_runner(path: str, name: str | None = None) -> Runner:

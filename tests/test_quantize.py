@@ -175,6 +175,59 @@ def test_int8_runs_as_int8_kernels(fitted):
     assert ops.count("QGemm") == 7 and "Gemm" not in ops
 
 
+@pytest.fixture(scope="module")
+def weights_int8(fitted, tmp_path_factory):
+    d, _, _, _ = fitted
+    out = tmp_path_factory.mktemp("int8w") / "fit.stream.int8w.onnx"
+    return export_onnx_file(d / "fit.pt", out, streaming=True, int8=True, int8_mode="weights"), out
+
+
+def test_int8_weights_agree_with_fp32_on_held_out_speech(fitted, weights_int8):
+    d, _, audio, _ = fitted
+    _, path = weights_int8
+    fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
+    w8 = run_stream(session(path), audio)
+    assert len(w8) == 1500
+    assert np.mean((fp32 >= 0.5) == (w8 >= 0.5)) >= INT8_AGREEMENT
+    assert 0 < np.abs(fp32 - w8).max() <= INT8_MAX_DIFF
+
+
+def test_int8_weights_store_int8_and_fold_to_the_float_graph(fitted, weights_int8):
+    """Every weight matrix is an int8 initializer (the GRU input's in two levels); the
+    dequantizing Cast/Mul nodes read only initializers, so onnxruntime folds them away and
+    runs exactly the float32 step's kernels."""
+    import onnxruntime as ort
+
+    d, _, _, _ = fitted
+    desc, path = weights_int8
+    model = onnx.load(str(path))
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    floats = sum(onnx.numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    assert desc["int8_weights"] == len(int8) == 7  # conv, GRU input (x2), GRU hidden, attention x2, classifier
+    assert sum(onnx.numpy_helper.to_array(t).size for t in int8) > 5 * floats  # weights are int8, not float
+    quant = desc["metadata"]["kws.quantization"]
+    assert quant["format"] == "int8 weights" and quant["two_level"] == ["g0_wi"]
+    assert desc["quantized_nodes"] == 0
+    optimized = []
+    for src in (d / "fit.stream.onnx", path):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(path.parent / f"opt{len(optimized)}.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        optimized.append(sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node))
+    assert optimized[0] == optimized[1] and "Cast" not in optimized[1]
+    assert desc["size_bytes"] < 0.75 * (d / "fit.stream.onnx").stat().st_size
+
+
+def test_int8_weights_mode_refuses_what_it_cannot_use(fitted, tmp_path):
+    d, _, _, _ = fitted
+    with pytest.raises(KWSError, match="--calib"):
+        export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True, int8_mode="weights", calib=tmp_path)
+    with pytest.raises(KWSError, match="--int8-mode"):
+        export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True, int8_mode="float4")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_feature_bounds_hold_for_any_audio_in_range():
     """The coarse pass of the two-pass GRU input spans bounds no audio in [-1, 1] leaves."""
     from kws_export import streaming
