@@ -293,9 +293,12 @@ class Detector:
 
     # Streaming ----------------------------------------------------------------------------------
     def process(self, samples) -> list[dict]:
-        x = self._as_samples(samples)
         chunk = self.chunk_samples
-        if not self._pending_len and len(x) == chunk:  # the common live case: exactly one chunk
+        if (type(samples) is np.ndarray and samples.dtype == np.float32 and samples.shape == (chunk,)
+                and not self._pending_len and np.isfinite(samples).all()):
+            return self._emit_one(self.model.run_one(samples))  # the live case: exactly one float32 chunk
+        x = self._as_samples(samples)
+        if not self._pending_len and len(x) == chunk:
             return self._emit(self.model.run_one(x), self.steps_per_call)
         if self._pending_len + len(x) < chunk:
             self._pending[self._pending_len:self._pending_len + len(x)] = x
@@ -360,6 +363,24 @@ class Detector:
                 self._last_event_step = step
                 events.append({"time": self._step_time(step), "prob": float(scores[i]), "keyword": self.keyword})
         return events
+
+    def _emit_one(self, probs: np.ndarray) -> list[dict]:
+        """``_emit`` for one call's fresh probabilities, scalar arithmetic where the steps
+        are one (a live stream pays this per 80 ms; numpy's per-call cost would dominate)."""
+        if self.smooth != 1 or len(probs) != 1:
+            return self._emit(probs, len(probs))
+        step = self._steps_done
+        self._steps_done = step + 1
+        if self.keep_history:
+            self._history.append((step, probs, probs))
+        p = float(probs[0])
+        if p < self.threshold:
+            return []
+        last = self._last_event_step
+        if last is not None and (step - last) * self.step_samples < self._refractory_samples:
+            return []
+        self._last_event_step = step
+        return [{"time": self._step_time(step), "prob": p, "keyword": self.keyword}]
 
     def _smoothed(self, probs: np.ndarray, first: int) -> np.ndarray:
         """Causal moving average over the last ``smooth`` steps (fewer at the stream start).
