@@ -150,15 +150,22 @@ def compare(a: np.ndarray, b: np.ndarray, threshold: float, int8: bool, tol: flo
     if a.shape != b.shape:
         raise KWSError(f"runners disagree on the number of outputs ({a.shape} vs {b.shape})")
     diff = float(np.abs(a - b).max()) if a.size else 0.0
-    agree = float(np.mean((a >= threshold) == (b >= threshold))) if a.size else 1.0
+    same = (a >= threshold) == (b >= threshold)
+    agree = float(np.mean(same)) if a.size else 1.0
+    result = {"max_abs_diff": diff, "agreement": agree, "disagreeing_steps": int((~same).sum()), "outputs": int(a.size)}
     if int8:
-        ok = diff <= INT8_MAX_DIFF and agree >= INT8_AGREEMENT
-        tolerance = {"max_abs_diff": INT8_MAX_DIFF, "agreement": INT8_AGREEMENT}
+        # A step whose reference lies within the |dprob| allowance of the threshold may flip
+        # within tolerance: agreement is held to the steps outside that margin (keyword onsets
+        # cross the threshold in a few steps, so a short stream always has some inside it).
+        clear = np.abs(a - threshold) > INT8_MAX_DIFF
+        agree_clear = float(np.mean(same[clear])) if clear.any() else 1.0
+        ok = diff <= INT8_MAX_DIFF and agree_clear >= INT8_AGREEMENT
+        result.update(agreement_outside_margin=agree_clear, steps_within_margin=int((~clear).sum()))
+        tolerance = {"max_abs_diff": INT8_MAX_DIFF, "agreement_outside_margin": INT8_AGREEMENT, "margin": INT8_MAX_DIFF}
     else:
         ok = diff <= tol
         tolerance = {"max_abs_diff": tol}
-    return {"max_abs_diff": diff, "agreement": agree, "disagreeing_steps": int(round((1 - agree) * a.size)),
-            "outputs": int(a.size), "tolerance": tolerance, "ok": bool(ok)}
+    return {**result, "tolerance": tolerance, "ok": bool(ok)}
 
 
 def verify(ckpt_path: str, onnx_paths: list[str] = (), ts_paths: list[str] = (), wavs: list[str] = (),
@@ -189,17 +196,25 @@ def verify(ckpt_path: str, onnx_paths: list[str] = (), ts_paths: list[str] = (),
     eager_o = eager_offline(model)
     outputs: dict[str, np.ndarray] = {}
     pairs = []
+    per_stream: dict[str, list[np.ndarray]] = {}  # a multi-step chunk may drop each stream's tail
+
+    def aligned(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        n = [min(len(x), len(y)) for x, y in zip(per_stream[a], per_stream[b])]
+        return (np.concatenate([x[:k] for x, k in zip(per_stream[a], n)]),
+                np.concatenate([y[:k] for y, k in zip(per_stream[b], n)]))
+
     if any(r.mode == "stream" for r in runners):
-        outputs["torch"] = np.concatenate([eager_s(a) for a in streams])
+        per_stream["torch"] = [eager_s(a) for a in streams]
+        outputs["torch"] = np.concatenate(per_stream["torch"])
     if any(r.mode == "offline" for r in runners) or ckpt.kind == "course-torchscript":
         batch = np.concatenate([clips(a, cfg.clip_samples) for a in streams])
         outputs["torch offline"] = eager_o(batch)
     for r in runners:
         if r.mode == "stream":
-            outputs[r.name] = np.concatenate([r.run(a) for a in streams])
-            n = min(len(outputs[r.name]), len(outputs["torch"]))  # a multi-step chunk may drop a tail
+            per_stream[r.name] = [r.run(a) for a in streams]
+            outputs[r.name] = np.concatenate(per_stream[r.name])
             pairs.append({"a": "torch", "b": r.name, "mode": "stream",
-                          **compare(outputs["torch"][:n], outputs[r.name][:n], threshold, r.int8, FP32_TOL)})
+                          **compare(*aligned("torch", r.name), threshold, r.int8, FP32_TOL)})
         else:
             outputs[r.name] = r.run(batch)
             pairs.append({"a": "torch offline", "b": r.name, "mode": "offline",
@@ -208,9 +223,8 @@ def verify(ckpt_path: str, onnx_paths: list[str] = (), ts_paths: list[str] = (),
     for r in runners:
         if r.int8 and fp32_stream:
             ref = fp32_stream[0].name
-            n = min(len(outputs[ref]), len(outputs[r.name]))
             pairs.append({"a": ref, "b": r.name, "mode": "stream",
-                          **compare(outputs[ref][:n], outputs[r.name][:n], threshold, True, FP32_TOL)})
+                          **compare(*aligned(ref, r.name), threshold, True, FP32_TOL)})
     if ckpt.kind == "course-torchscript":
         course = torchscript_runner(ckpt_path, name="course torchscript")
         outputs[course.name] = course.run(batch)

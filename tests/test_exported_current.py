@@ -32,13 +32,13 @@ def stale_reasons(ckpt: Path, exported: Path, scratch: Path) -> list[str]:
         return [f"missing {', '.join(missing)}"]
     reasons = []
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    for s in (".onnx", ".stream.onnx", ".stream.int8.onnx"):
+    for s in (".onnx", ".stream.onnx", ".stream.int8.onnx", ".stream.int8w.onnx"):
         if kws_metadata(onnx.load(str(files[s])))["kws.source_sha256"] != sha:
             reasons.append(f"{files[s].name} was exported from another version of {ckpt.name}")
     fresh = dict(zip(export_all.SUFFIXES, export_all.export_one(ckpt, scratch)))
     audio = signal(4.0, seed=11)[0].numpy()
     clips = signal(1.0, seed=12, batch=2).numpy()
-    for s in (".stream.onnx", ".stream.int8.onnx"):
+    for s in (".stream.onnx", ".stream.int8.onnx", ".stream.int8w.onnx"):
         old, new = run_stream(session(files[s]), audio), run_stream(session(fresh[s]), audio)
         if old.shape != new.shape or np.abs(old - new).max() > 1e-6:
             reasons.append(f"{files[s].name} gives other outputs than a fresh export")

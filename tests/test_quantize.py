@@ -203,10 +203,10 @@ def test_int8_weights_store_int8_and_fold_to_the_float_graph(fitted, weights_int
     model = onnx.load(str(path))
     int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     floats = sum(onnx.numpy_helper.to_array(t).size for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    assert desc["int8_weights"] == len(int8) == 7  # conv, GRU input (x2), GRU hidden, attention x2, classifier
+    assert desc["int8_weights"] == len(int8) == 8  # conv (x2), GRU input (x2), GRU hidden, attention x2, classifier
     assert sum(onnx.numpy_helper.to_array(t).size for t in int8) > 5 * floats  # weights are int8, not float
     quant = desc["metadata"]["kws.quantization"]
-    assert quant["format"] == "int8 weights" and quant["two_level"] == ["g0_wi"]
+    assert quant["format"] == "int8 weights" and quant["two_level"] == ["conv_w", "g0_wi"]
     assert desc["quantized_nodes"] == 0
     optimized = []
     for src in (d / "fit.stream.onnx", path):
@@ -313,3 +313,35 @@ def test_verify_fails_beyond_tolerance(fitted, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["ok"] is False and report["audio"].startswith("synthesized")
     assert report["pairs"][0]["max_abs_diff"] > 1e-5 and report["stream_steps"] == 62
+
+
+def test_int8_agreement_ignores_only_steps_within_the_tolerance_of_the_threshold():
+    from kws_export.verify import compare
+
+    ref = np.linspace(0.0, 1.0, 2001)
+    near = ref.copy()
+    near[np.argmin(np.abs(ref - 0.5))] -= 0.01  # a step at the threshold flips by 0.01
+    far = ref.copy()
+    far[100] = 0.52  # a step at 0.05 jumps over the threshold: beyond the |dprob| budget too
+    ok = compare(ref, near, 0.5, int8=True, tol=1e-5)
+    assert ok["ok"] and ok["disagreeing_steps"] == 1 and ok["agreement_outside_margin"] == 1.0
+    bad = compare(ref, far, 0.5, int8=True, tol=1e-5)
+    assert not bad["ok"]
+    small_far = ref.copy()
+    small_far[[i for i in range(0, 2001, 100)][:5]] = 0.51  # five flips far from the threshold
+    assert compare(ref, small_far, 0.5, int8=True, tol=1e-5)["ok"] is False
+
+
+def test_verify_aligns_multi_step_exports_stream_by_stream(fitted, tmp_path):
+    """Several steps per call drop each stream's tail; the comparison must not shift the
+    streams after the first (it once did, and every multi-step export "failed")."""
+    from kws_export.verify import verify
+
+    d, _, _, _ = fitted
+    for name, kw in (("fit.stream.onnx", {}), ("fit.stream.int8w.onnx", {"int8": True, "int8_mode": "weights"})):
+        export_onnx_file(d / "fit.pt", tmp_path / name, streaming=True, chunk_ms=240.0, **kw)
+    report = verify(str(d / "fit.pt"), [str(tmp_path / "fit.stream.onnx")], seconds=10.0)
+    assert report["ok"], report["pairs"]
+    assert len(report["pairs"]) == 3 and all(p["outputs"] > 0 for p in report["pairs"])
+    pairs = {(p["a"], p["b"]): p for p in report["pairs"]}
+    assert pairs[("torch", "fit.stream.onnx")]["max_abs_diff"] <= 1e-5
