@@ -7,7 +7,7 @@ against is the teacher: the model whose metadata says ``role: teacher``, else wh
 name starts with "teacher", else the first one.
 
 Exports are made with the same functions ``kws-export`` runs.  A shipped export in
-``exported/`` (``NAME.stream.onnx``, ``NAME.stream.int8.onnx``) is used instead when its
+``exported/`` (``NAME.stream.onnx``, ``.stream.int8.onnx``, ``.stream.int8w.onnx``) is used instead when its
 ``kws.source_sha256`` is the checkpoint's, so the numbers are those of the shipped file.
 """
 
@@ -30,8 +30,11 @@ DEV_CONFIGS = {
     "student": CRNNConfig(channels=4, hidden=16, gru_layers=1),
 }
 # What every model is exported to; the ONNX ones are the runtime's inputs.
-EXPORTS = ("stream_ts", "offline_ts", "onnx_fp32", "onnx_int8")
-SHIPPED_SUFFIX = {"onnx_fp32": ".stream.onnx", "onnx_int8": ".stream.int8.onnx"}
+EXPORTS = ("stream_ts", "offline_ts", "onnx_fp32", "onnx_int8", "onnx_int8w")
+SHIPPED_SUFFIX = {"onnx_fp32": ".stream.onnx", "onnx_int8": ".stream.int8.onnx", "onnx_int8w": ".stream.int8w.onnx"}
+# int8 weights (float32 arithmetic), several 80 ms steps per call: scripts/export_all.py's FAST_CHUNK_MS
+INT8W_CHUNK_MS = 320.0
+STEPS_PER_CALL = {"onnx_fp32": 1, "onnx_int8": 1, "onnx_int8w": 4}
 
 
 @dataclass
@@ -105,8 +108,8 @@ def _shipped_export(m: BenchModel, exported_dir: Path, kind: str, sha: str) -> P
         meta = kws_metadata(load_onnx_model(path))
     except KWSError:
         return None
-    if meta.get("kws.source_sha256") != sha or int(meta.get("kws.steps_per_call", 1)) != 1:
-        return None  # stale (made from another checkpoint) or not 80 ms chunks: export afresh
+    if meta.get("kws.source_sha256") != sha or int(meta.get("kws.steps_per_call", 1)) != STEPS_PER_CALL[kind]:
+        return None  # stale (made from another checkpoint) or another chunk: export afresh
     return path
 
 
@@ -126,6 +129,8 @@ def export_model(m: BenchModel, work: Path, exported_dir: Path | None, calib: Pa
             warnings.simplefilter("ignore")
             if kind.endswith("_ts"):
                 export_torchscript(m.model, out, streaming_mode=(kind == "stream_ts"))
+            elif kind == "onnx_int8w":
+                export_onnx_file(m.ckpt, out, streaming=True, int8=True, int8_mode="weights", chunk_ms=INT8W_CHUNK_MS)
             else:
                 int8 = kind == "onnx_int8"
                 export_onnx_file(m.ckpt, out, streaming=True, int8=int8, calib=str(calib) if int8 and calib else None)

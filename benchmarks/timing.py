@@ -159,12 +159,14 @@ def torchscript_stream_runner(path, audio: np.ndarray) -> Runner:
     return Runner("TorchScript", calls, 1, reset, step, lambda: _collect(step, calls, reset))
 
 
-def detector_runner(path, audio: np.ndarray, engine: str) -> Runner:
-    """runtime/detect.py's ``Detector``, fed one chunk per ``process`` call (live audio)."""
+def detector_runner(path, audio: np.ndarray, engine: str, feed_samples: int | None = None) -> Runner:
+    """runtime/detect.py's ``Detector``, fed one chunk per ``process`` call (live audio).
+    ``feed_samples`` feeds smaller blocks instead (80 ms to a model that takes several
+    steps per call: the Detector buffers, and every few calls runs the model)."""
     from runtime.detect import Detector
 
     det = Detector(str(path), keep_history=False, threads=1)
-    chunk = det.chunk_samples
+    chunk = feed_samples or det.chunk_samples
     calls = len(audio) // chunk
     x = np.ascontiguousarray(audio[: calls * chunk], np.float32)
 
@@ -176,7 +178,7 @@ def detector_runner(path, audio: np.ndarray, engine: str) -> Runner:
         ref.process(x)
         return ref.probs
 
-    return Runner(engine, calls, det.steps_per_call, det.reset, step, probs)
+    return Runner(engine, calls, chunk // det.step_samples, det.reset, step, probs)
 
 
 def naive_runner(path, audio: np.ndarray, clip_samples: int, step_samples: int) -> Runner:

@@ -102,12 +102,14 @@ def test_timings_are_sane_and_engines_compute_the_same_model(bench):
         assert d["torchscript"]["max_abs_dprob_vs_eager"] <= 1e-5
         assert d["onnx_fp32"]["max_abs_dprob_vs_eager"] <= 1e-4
         assert d["onnx_int8"]["max_abs_dprob_vs_eager"] <= 0.1  # int8, calibrated on 2 s: same model, rounded
+        assert d["onnx_int8w"]["max_abs_dprob_vs_eager"] <= 0.05  # int8 weights, float32 arithmetic
+        assert d["onnx_int8w"]["steps_per_call"] == 1  # fed 80 ms per process() call, 4 steps per model call
         assert d["naive"]["max_abs_dprob_vs_eager"] <= 1.0
 
 
 def test_memory_is_the_child_own_peak(bench):
     for m in bench["results"]["models"]:
-        for key in ("onnx_int8", "onnx_fp32"):
+        for key in ("onnx_int8", "onnx_int8w", "onnx_fp32"):
             rss = m["rss"][key]["peak_rss_bytes"]
             # numpy + onnxruntime need tens of MB; far less than this torch-laden process,
             # whose size a child would report if it were spawned from here directly
@@ -120,6 +122,9 @@ def test_targets_and_breakdown(bench):
     assert finite_positive(t["rtf_live"]) and finite_positive(t["rtf_file"])
     assert t["int8_bytes"] == student["sizes"]["onnx_int8"]
     assert t["rss_bytes"] == student["rss"]["onnx_int8"]["peak_rss_bytes"]
+    assert t["rtf_live_int8w"] == student["timings"]["onnx_int8w"]["rtf"]
+    assert t["int8w_bytes"] == student["sizes"]["onnx_int8w"] < student["sizes"]["onnx_fp32"]
+    assert "**int8 weights**" in bench["md"]
     lim = report.TARGETS
     missed = max(t["rtf_live"], t["rtf_file"]) > lim["rtf"] or t["rss_bytes"] > lim["rss_bytes"] or t["int8_bytes"] > lim["int8_bytes"]
     assert ("breakdown" in student) == missed
