@@ -50,6 +50,13 @@ def int8_products(model) -> int:
     )
 
 
+def int8_weight_tensors(model) -> int:
+    """int8 initializers: weights stored as int8 (``kws-export onnx --int8-mode weights``)."""
+    from onnx import TensorProto
+
+    return sum(1 for t in model.graph.initializer if t.data_type == TensorProto.INT8)
+
+
 def check_kws_export(model, path: str | Path) -> dict[str, object]:
     """Refuse an ONNX that is not a kws-edge export, or whose graph inputs disagree with
     its own kws.* metadata (what the runtime would feed it); return the metadata."""
@@ -86,7 +93,7 @@ def describe_onnx(path: str | Path) -> dict:
         "nodes": len(ops),
         "quantized_nodes": sum(op in QUANT_OPS for op in ops),
         "int8_products": int8_products(model),
-        "int8_weights": sum(1 for t in model.graph.initializer if t.data_type == 3),  # TensorProto.INT8
+        "int8_weights": int8_weight_tensors(model),
         "metadata": kws_metadata(model),
         "size_bytes": Path(path).stat().st_size,
     }

@@ -352,20 +352,20 @@ def int8_weights(fp32: onnx.ModelProto, fine: Sequence[str] = ("conv_w", "g0_wi"
         if w.ndim < 2:
             continue
         graph.initializer.remove(inits[name])
-        parts = [w]
-        if name in fine:
-            q, scale = _int8_rows(w)
-            parts = [w, w - q.astype(np.float32) * scale.reshape([-1] + [1] * (w.ndim - 1))]
-        terms = []
-        for i, part in enumerate(parts):
-            q, scale = _int8_rows(part)
+        shape = [-1] + [1] * (w.ndim - 1)
+        residual, terms = w, []
+        for i in range(2 if name in fine else 1):  # level 2 stores what level 1's rounding left
+            q, scale = _int8_rows(residual)
+            residual = residual - q.astype(np.float32) * scale.reshape(shape)
             graph.initializer.extend([numpy_helper.from_array(q, f"{name}_q8{i}"),
-                                      numpy_helper.from_array(scale.reshape([-1] + [1] * (w.ndim - 1)), f"{name}_qs{i}")])
-            terms.append(f"{name}_qw{i}" if len(parts) > 1 else name)
+                                      numpy_helper.from_array(scale.reshape(shape), f"{name}_qs{i}")])
+            terms.append(f"{name}_qw{i}")
             cast_nodes += [helper.make_node("Cast", [f"{name}_q8{i}"], [f"{name}_qf{i}"], to=TensorProto.FLOAT),
                            helper.make_node("Mul", [f"{name}_qf{i}", f"{name}_qs{i}"], [terms[-1]])]
         if len(terms) > 1:
             cast_nodes.append(helper.make_node("Add", terms, [name]))
+        else:
+            cast_nodes[-1].output[0] = name
         quantized.append(name)
     nodes = cast_nodes + list(graph.node)
     del graph.node[:]
@@ -378,9 +378,3 @@ def int8_weights(fp32: onnx.ModelProto, fine: Sequence[str] = ("conv_w", "g0_wi"
     }, sort_keys=True)))
     return model
 
-
-def int8_weight_tensors(model: onnx.ModelProto) -> int:
-    """How many int8 initializers ``model`` holds (weights stored as int8)."""
-    from onnx import TensorProto
-
-    return sum(1 for t in model.graph.initializer if t.data_type == TensorProto.INT8)

@@ -104,7 +104,7 @@ def _is_quantized(path: str) -> bool:
     """Static int8 (QDQ nodes) or int8 weights (int8 initializers): compared at int8 tolerance."""
     import onnx
 
-    from kws_export.quantize import int8_weight_tensors
+    from kws_export.onnx_info import int8_weight_tensors
 
     model = onnx.load(str(path))
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node) or int8_weight_tensors(model) > 0
