@@ -384,6 +384,8 @@ def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = F
         raise KWSError("--int8 quantizes the streaming step: add --streaming")
     if int8_mode not in INT8_MODES:
         raise KWSError(f"--int8-mode must be one of {', '.join(INT8_MODES)}, not {int8_mode!r}")
+    if int8_mode != "static" and not int8:
+        raise KWSError(f"--int8-mode {int8_mode} applies to --int8: add --int8")
     if calib is not None and not (int8 and int8_mode == "static"):
         raise KWSError("--calib is calibration audio for --int8 (static mode)")
     check_writable(out)

@@ -225,6 +225,8 @@ def test_int8_weights_mode_refuses_what_it_cannot_use(fitted, tmp_path):
         export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True, int8_mode="weights", calib=tmp_path)
     with pytest.raises(KWSError, match="--int8-mode"):
         export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True, int8_mode="float4")
+    with pytest.raises(KWSError, match="add --int8"):
+        export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8_mode="weights")
     assert not (tmp_path / "x.onnx").exists()
 
 
