@@ -294,9 +294,22 @@ class Detector:
     # Streaming ----------------------------------------------------------------------------------
     def process(self, samples) -> list[dict]:
         chunk = self.chunk_samples
-        if (type(samples) is np.ndarray and samples.dtype == np.float32 and samples.shape == (chunk,)
-                and not self._pending_len and np.isfinite(samples).all()):
-            return self._emit_one(self.model.run_one(samples))  # the live case: exactly one float32 chunk
+        if type(samples) is np.ndarray and samples.dtype == np.float32 and samples.ndim == 1 \
+                and np.isfinite(samples).all():
+            # The live case, without the general path's numpy calls: float32 blocks that fill
+            # the chunk exactly (one per call, or several 80 ms blocks per multi-step chunk).
+            start = self._pending_len
+            filled = start + len(samples)
+            if filled < chunk:
+                self._pending[start:filled] = samples
+                self._pending_len = filled
+                return []
+            if filled == chunk:
+                if start:
+                    self._pending[start:] = samples
+                    samples = self._pending
+                self._pending_len = 0
+                return self._emit_one(self.model.run_one(samples))
         x = self._as_samples(samples)
         if not self._pending_len and len(x) == chunk:
             return self._emit(self.model.run_one(x), self.steps_per_call)
