@@ -293,30 +293,20 @@ class Detector:
 
     # Streaming ----------------------------------------------------------------------------------
     def process(self, samples) -> list[dict]:
-        chunk = self.chunk_samples
-        if type(samples) is np.ndarray and samples.dtype == np.float32 and samples.ndim == 1 \
-                and np.isfinite(samples).all():
-            # The live case, without the general path's numpy calls: float32 blocks that fill
-            # the chunk exactly (one per call, or several 80 ms blocks per multi-step chunk).
-            start = self._pending_len
-            filled = start + len(samples)
-            if filled < chunk:
-                self._pending[start:filled] = samples
-                self._pending_len = filled
-                return []
-            if filled == chunk:
-                if start:
-                    self._pending[start:] = samples
-                    samples = self._pending
-                self._pending_len = 0
-                return self._emit_one(self.model.run_one(samples))
         x = self._as_samples(samples)
-        if not self._pending_len and len(x) == chunk:
-            return self._emit(self.model.run_one(x), self.steps_per_call)
-        if self._pending_len + len(x) < chunk:
-            self._pending[self._pending_len:self._pending_len + len(x)] = x
-            self._pending_len += len(x)
+        chunk = self.chunk_samples
+        start = self._pending_len
+        filled = start + len(x)
+        if filled < chunk:  # e.g. 80 ms blocks for a model taking several steps per call
+            self._pending[start:filled] = x
+            self._pending_len = filled
             return []
+        if filled == chunk:  # the live case: the block completes exactly one chunk
+            if start:
+                self._pending[start:] = x
+                x = self._pending
+            self._pending_len = 0
+            return self._emit_one(self.model.run_one(x))
         parts = []
         if self._pending_len:
             need = chunk - self._pending_len
