@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from kws_export.checkpoint import load_checkpoint, save_checkpoint
-from kws_export.config import CRNNConfig
+from kws_export.config import FAST_CHUNK_MS, CRNNConfig
 from kws_export.errors import KWSError
 from kws_export.fileio import sha256_file
 from kws_export.model import CRNN
@@ -32,9 +32,8 @@ DEV_CONFIGS = {
 # What every model is exported to; the ONNX ones are the runtime's inputs.
 EXPORTS = ("stream_ts", "offline_ts", "onnx_fp32", "onnx_int8", "onnx_int8w")
 SHIPPED_SUFFIX = {"onnx_fp32": ".stream.onnx", "onnx_int8": ".stream.int8.onnx", "onnx_int8w": ".stream.int8w.onnx"}
-# int8 weights (float32 arithmetic), several 80 ms steps per call: scripts/export_all.py's FAST_CHUNK_MS
-INT8W_CHUNK_MS = 320.0
-STEPS_PER_CALL = {"onnx_fp32": 1, "onnx_int8": 1, "onnx_int8w": 4}
+# Audio per call of each ONNX export (None: one step); the int8-weights file is exported as shipped
+CHUNK_MS = {"onnx_fp32": None, "onnx_int8": None, "onnx_int8w": FAST_CHUNK_MS}
 
 
 @dataclass
@@ -108,7 +107,10 @@ def _shipped_export(m: BenchModel, exported_dir: Path, kind: str, sha: str) -> P
         meta = kws_metadata(load_onnx_model(path))
     except KWSError:
         return None
-    if meta.get("kws.source_sha256") != sha or int(meta.get("kws.steps_per_call", 1)) != STEPS_PER_CALL[kind]:
+    from kws_export.export_onnx import stream_layout
+
+    steps = stream_layout(m.config, CHUNK_MS[kind]).steps_per_call
+    if meta.get("kws.source_sha256") != sha or int(meta.get("kws.steps_per_call", 1)) != steps:
         return None  # stale (made from another checkpoint) or another chunk: export afresh
     return path
 
@@ -130,7 +132,7 @@ def export_model(m: BenchModel, work: Path, exported_dir: Path | None, calib: Pa
             if kind.endswith("_ts"):
                 export_torchscript(m.model, out, streaming_mode=(kind == "stream_ts"))
             elif kind == "onnx_int8w":
-                export_onnx_file(m.ckpt, out, streaming=True, int8=True, int8_mode="weights", chunk_ms=INT8W_CHUNK_MS)
+                export_onnx_file(m.ckpt, out, streaming=True, int8=True, int8_mode="weights", chunk_ms=CHUNK_MS[kind])
             else:
                 int8 = kind == "onnx_int8"
                 export_onnx_file(m.ckpt, out, streaming=True, int8=int8, calib=str(calib) if int8 and calib else None)

@@ -94,3 +94,6 @@ class CRNNConfig:
 
 
 SEMINAR = CRNNConfig()
+# Audio per call of the runtime's fast file (NAME.stream.int8w.onnx): four 80 ms steps per
+# onnxruntime call cost fewer calls than one (benchmarks/results.md), at up to 240 ms latency.
+FAST_CHUNK_MS = 320.0

@@ -56,10 +56,12 @@ def main() -> int:
     if ckpt is None or not available("kws_export.export_onnx"):
         say("export of the streaming int8 ONNX: not available yet (export issue)")
     else:
+        from kws_export.config import FAST_CHUNK_MS
+
         # the runtime's fastest file: int8 weights, four 80 ms steps per onnxruntime call
         model = OUT / "student.stream.int8w.onnx"
         run([BIN / "kws-export", "onnx", "--ckpt", ckpt, "--streaming", "--int8", "--int8-mode", "weights",
-             "--chunk-ms", "320", "-o", model])
+             "--chunk-ms", f"{FAST_CHUNK_MS:g}", "-o", model])
 
     stream = OUT / "demo_stream.wav"
     if not available("training.demo_stream"):

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SUFFIXES = (".onnx", ".stream.onnx", ".stream.int8.onnx", ".ts", ".stream.int8w.onnx")
-FAST_CHUNK_MS = 320.0  # several steps per call: fewer onnxruntime calls (benchmarks/results.md)
 
 
 def export_one(ckpt: Path, out_dir: Path) -> list[Path]:
     from kws_export.checkpoint import load_checkpoint
+    from kws_export.config import FAST_CHUNK_MS
     from kws_export.export_onnx import export_onnx_file
     from kws_export.export_torchscript import export_torchscript
 
