@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from kws_export.checkpoint import load_checkpoint
-from kws_export.cli_support import run_click
+from kws_export.cli_support import run_click_and_exit
 from kws_export.model import count_parameters
 
 STRIDE = click.option(
@@ -117,7 +116,7 @@ def verify_cmd(ckpt, onnx_paths, ts_paths, wavs, seconds, only, stride) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_click(cli, "kws-export", argv))
+    run_click_and_exit(cli, "kws-export", argv)
 
 
 if __name__ == "__main__":

@@ -9,31 +9,39 @@ import threading
 
 import click
 
+from kws_export import console
+from kws_export.console import Terminated
 from kws_export.errors import KWSError
 
-
-class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so that atomic writes and temporary folders
-    are cleaned up on the way out (the default action would leave them behind)."""
+__all__ = ["Terminated", "run_click", "run_click_and_exit"]
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def run_click(group: click.Group, prog_name: str, argv: list[str] | None = None, *,
+              owns_process: bool = False) -> int:
+    """Return the exit code; never lets a traceback reach the user unless KWS_DEBUG=1.
 
-
-def run_click(group: click.Group, prog_name: str, argv: list[str] | None = None) -> int:
-    """Return the exit code; never lets a traceback reach the user unless KWS_DEBUG=1."""
+    SIGTERM while the command runs gives a clean exit 143 (see ``kws_export.console``).
+    A caller that owns the process (a CLI's ``main``) keeps the handler installed after
+    the command, so a late SIGTERM cannot kill it bare; an in-process caller gets its
+    previous handler back."""
     previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+            console.start()
         return _run(group, prog_name, argv)
     except Terminated:
         print(f"{prog_name}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return console.EXIT_TERMINATED
     finally:
-        if previous is not None:
+        console.finish()
+        if previous is not None and not owns_process:
             signal.signal(signal.SIGTERM, previous)
+
+
+def run_click_and_exit(group: click.Group, prog_name: str, argv: list[str] | None = None) -> None:
+    """A CLI's ``main``: run the command and exit with its status, SIGTERM-safe to the end."""
+    sys.exit(run_click(group, prog_name, argv, owns_process=True))
 
 
 def _run(group: click.Group, prog_name: str, argv: list[str] | None) -> int:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from kws_export.cli_support import run_click
+from kws_export.cli_support import run_click_and_exit
 from training import cli_data, cli_train
 
 
@@ -21,7 +20,7 @@ for _command in (*cli_data.COMMANDS, *cli_train.COMMANDS):
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_click(cli, "kws-train", argv))
+    run_click_and_exit(cli, "kws-train", argv)
 
 
 if __name__ == "__main__":

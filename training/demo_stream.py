@@ -9,13 +9,12 @@ Prints where the keyword is, in seconds.
 
 from __future__ import annotations
 
-import sys
 
 import click
 import numpy as np
 
 from kws_export.audio import write_wav
-from kws_export.cli_support import run_click
+from kws_export.cli_support import run_click_and_exit
 from kws_export.errors import KWSError
 from training.synth import (SAMPLE_RATE, SENTENCES, _words, available_engines, check_keyword, list_voices, make_noise, run_isolated,
                             speech_span, synthesize)
@@ -91,7 +90,7 @@ def cli(out: str, keyword: str, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_click(cli, "demo_stream", argv))
+    run_click_and_exit(cli, "demo_stream", argv)
 
 
 if __name__ == "__main__":
