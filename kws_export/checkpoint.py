@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kws_export.config import CRNNConfig
+from kws_export.embedding import EmbeddingConfig, EmbeddingKWS, embedded_graphs, is_embedding_config
 from kws_export.errors import KWSError
 from kws_export.fileio import atomic_output, check_readable
 from kws_export.frontend import LogMel
@@ -34,18 +35,26 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 @dataclass
 class Checkpoint:
-    config: CRNNConfig
+    config: CRNNConfig | EmbeddingConfig
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     kind: str = "kws-edge"  # or "seminar-state-dict", "course-torchscript"
 
-    def build_model(self) -> CRNN:
-        model = CRNN(self.config)
+    @property
+    def is_embedding(self) -> bool:
+        """The speech-embedding model (kws_export.embedding), not the seminar CRNN."""
+        return isinstance(self.config, EmbeddingConfig)
+
+    def build_model(self) -> CRNN | EmbeddingKWS:
+        if self.is_embedding:
+            model = EmbeddingKWS(self.config, embedded_graphs(self.state_dict))
+        else:
+            model = CRNN(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
 
-def save_checkpoint(path: str | Path, model: CRNN, metadata: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | Path, model: CRNN | EmbeddingKWS, metadata: dict[str, Any] | None = None) -> None:
     """Write ``model`` in the native format, atomically."""
     meta = {"keyword": model.config.keyword, **(metadata or {})}
     payload = {
@@ -119,6 +128,9 @@ def _from_object(p: Path, obj: Any, stride: tuple[int, int] | None) -> Checkpoin
         missing = [k for k in ("config", "state_dict") if not isinstance(obj.get(k), dict)]
         if missing:
             raise KWSError(f"{p}: checkpoint is missing {', '.join(missing)}")
+        if is_embedding_config(obj["config"]):
+            return Checkpoint(EmbeddingConfig.from_dict(obj["config"]), dict(obj["state_dict"]),
+                              dict(obj.get("metadata") or {}), "kws-edge")
         config = CRNNConfig.from_dict(obj["config"])
         if stride is not None:
             config = config.replace(stride=tuple(stride))
@@ -223,8 +235,14 @@ def _find_buffer(sd: dict[str, torch.Tensor], suffix: str, p: Path) -> torch.Ten
 
 def _check_builds(p: Path, ckpt: Checkpoint) -> None:
     """Name the offending tensors instead of torch's multi-line load_state_dict error."""
-    expected = CRNN(ckpt.config).state_dict()
     got = ckpt.state_dict
+    if ckpt.is_embedding:
+        try:
+            expected = EmbeddingKWS(ckpt.config, embedded_graphs(got)).state_dict()
+        except KWSError as exc:
+            raise KWSError(f"{p}: {exc}") from None
+    else:
+        expected = CRNN(ckpt.config).state_dict()
     problems = []
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))

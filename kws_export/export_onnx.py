@@ -390,6 +390,8 @@ def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = F
         raise KWSError("--calib is calibration audio for --int8 (static mode)")
     check_writable(out)
     ckpt = load_checkpoint(ckpt_path, stride)
+    if ckpt.is_embedding:
+        return _export_embedding(ckpt, ckpt_path, out, streaming, int8, int8_mode, chunk_ms, window_ms)
     proto, layout = export_graph(ckpt, ckpt_path, streaming, chunk_ms, window_ms, opset)
     _self_check(proto, ckpt.build_model(), layout)
     if int8 and int8_mode == "weights":
@@ -404,6 +406,30 @@ def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = F
         proto = quantize.int8_streaming(ckpt.build_model(), layout, proto, audio,
                                         "wav files" if calib is not None else "synthesized speech")
     save_onnx(onnx_graph.compact(proto), out)
+    return describe_onnx(out)
+
+
+def _export_embedding(ckpt: Checkpoint, source, out, streaming: bool, int8: bool, int8_mode: str,
+                      chunk_ms, window_ms) -> dict[str, Any]:
+    """The speech-embedding model: streaming fp32, or int8 weights (its graphs are mostly conv weights)."""
+    from kws_export import embedding_onnx
+    from kws_export.onnx_info import describe_onnx
+
+    if not streaming:
+        raise KWSError("the embedding model exports as a streaming step only (add --streaming): its mel graph "
+                       "normalises over its whole input, so a batched offline graph would change the features")
+    if int8 and int8_mode != "weights":
+        raise KWSError("static int8 is not supported for the embedding model: use --int8 --int8-mode weights")
+    embedding_onnx.check_stream_options(chunk_ms, window_ms)
+    model = ckpt.build_model()
+    proto = embedding_onnx.build_streaming(model)
+    set_metadata(proto, embedding_onnx.streaming_metadata(ckpt, model, source, threshold_of(ckpt)))
+    embedding_onnx.self_check(proto, model)
+    if int8:
+        from kws_export.quantize import int8_weights
+
+        proto = int8_weights(proto)
+    save_onnx(proto, out)
     return describe_onnx(out)
 
 
