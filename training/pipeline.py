@@ -346,22 +346,60 @@ def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
     return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra)
 
 
+def real_dir_of(value: str | None) -> str | None:
+    """--real's value as a folder for training.real.open_real (None: the default folder)."""
+    return None if value in (None, "") else value
+
+
 def run_eval(kw: dict) -> dict:
     if kw.get("out") is not None:
         check_out(kw["out"], "a JSON file path")
+    use_real = kw.get("real") is not None or kw.get("onnx") is not None
+    if kw.get("data") is None and not use_real:
+        raise KWSError("give --data (a synthetic corpus) and/or --real [DIR] (the real-speech dev set)")
+    if kw.get("real_max_fa") is not None:
+        if kw["threshold"] is not None:
+            raise KWSError("--threshold and --real-max-fa both choose the threshold: give one")
+        if not kw["real_max_fa"] >= 0:
+            raise KWSError("--real-max-fa must be >= 0 false alarms per hour")
+        if not use_real:
+            raise KWSError("--real-max-fa chooses the threshold on the real stream: add --real [DIR]")
     set_threads(kw["threads"])
     ckpt = read_checkpoint(kw["ckpt"])
     model = ckpt.build_model()
-    corpus = open_corpus(kw["data"], kw.get("keyword") or ckpt.config.keyword, kw["split_seed"])
+    keyword = kw.get("keyword") or ckpt.config.keyword
     device = pick_device(kw["device"])
-    clips = corpus.get(kw["split"], model.config)
+    corpus = open_corpus(kw["data"], keyword, kw["split_seed"]) if kw.get("data") is not None else None
+    if use_real:  # bad --real / --onnx fail before any long work
+        from training.real import evaluate_real, open_real
+
+        dev = open_real(real_dir_of(kw.get("real")), corpus.keyword if corpus else keyword, model.config.sample_rate)
     threshold, source = kw["threshold"], "--threshold"
     if threshold is None and isinstance(ckpt.metadata.get("threshold"), (int, float)):
         threshold, source = float(ckpt.metadata["threshold"]), "checkpoint metadata"
-    if threshold is None:
+    if threshold is None and corpus is not None and kw.get("real_max_fa") is None:
         val = corpus.get("validation", model.config)
         threshold, _ = recommend_threshold(model, build_streams(val, 10.0, kw["seed"] + 1, corpus.noises), device=device)
         source = "validation streams, best event F1"
+    real_result = None
+    if use_real:
+        own = kw.get("onnx") is not None and kw["threshold"] is None  # the ONNX file's kws.threshold
+        real_result = evaluate_real(model, dev, None if own else threshold, onnx=kw.get("onnx"),
+                                    stream=not kw.get("no_real_stream"), seed=kw["seed"], device=device,
+                                    choose_fa_per_hour=kw.get("real_max_fa"), threads=kw["threads"])
+        if kw.get("real_max_fa") is not None:
+            threshold, source = real_result["threshold"], real_result["threshold_source"]
+        elif own and "stream" in real_result:
+            real_result["threshold_source"] = f"{kw['onnx']}: kws.threshold"
+        else:
+            real_result["threshold_source"] = source
+    head = {"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword if corpus else keyword}
+    if corpus is None:
+        return json_safe(plain({**head, "threshold": threshold, "threshold_source": source, "real": real_result}))
+    clips = corpus.get(kw["split"], model.config)
     streams: list[LongStream] = build_streams(clips, kw["stream_minutes"], kw["seed"], corpus.noises)
     result = evaluate_model(model, clips, streams, threshold, device=device, threshold_source=source)
-    return json_safe(plain({"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword, **result}))
+    out = {**head, **result}
+    if real_result is not None:
+        out["real"] = real_result
+    return json_safe(plain(out))
