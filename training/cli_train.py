@@ -9,6 +9,7 @@ import click
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+REAL_DEFAULT = ""  # a bare --real: training.real.default_real_dir(), ../shared/real next to the repository
 
 
 def invocation() -> list[str]:
@@ -54,7 +55,6 @@ def data_options(f, required: bool = True):
     return f
 
 
-REAL_DEFAULT = ""  # a bare --real: training.real.default_real_dir(), ../shared/real next to the repository
 
 
 def real_options(f, eval_only: bool = False):
@@ -82,6 +82,10 @@ def real_options(f, eval_only: bool = False):
 def run_options(f, batch_size: int = 256):
     """Options shared by every training command."""
     opts = [
+        click.option("--select-real", "select_real", is_flag=False, flag_value=REAL_DEFAULT, default=None, metavar="[DIR]",
+                     help="Keep the epoch with the best clip AU-FA-FR on the real-speech dev set (DIR, or ../shared/real "
+                          "next to the repository) instead of the synthetic validation split; the dev set is only scored, "
+                          "never trained on."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("--setting", default=None,
                      help="Name of this compression setting in reports (e.g. 'KD small'); stored in the metadata."),

@@ -182,12 +182,58 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class RealSelection(Objective):
+    """``objective`` with the kept epoch chosen on the real-speech dev set: validation adds
+    the dev set's clip AU-FA-FR (offline, no gradient) and ranks epochs by it (ties: the
+    synthetic validation loss).  Everything else is the wrapped objective's."""
+
+    def __init__(self, objective: Objective, dev):
+        self.inner = objective
+        self.dev = dev
+
+    def __call__(self, model, waves, labels, generator):
+        return self.inner(model, waves, labels, generator)
+
+    def after_step(self, model) -> None:
+        self.inner.after_step(model)
+
+    def after_epoch(self, model, epoch: int) -> None:
+        self.inner.after_epoch(model, epoch)
+
+    def after_resume(self, model) -> None:
+        self.inner.after_resume(model)
+
+    def eligible(self, epoch: int) -> bool:
+        return self.inner.eligible(epoch)
+
+    def validate(self, model, val, device) -> dict:
+        from training.real import crnn_clip_scorer, evaluate_clips
+
+        v = dict(self.inner.validate(model, val, device))
+        was_training = model.training
+        r = evaluate_clips(self.dev, crnn_clip_scorer(model, device), extra_negatives=False)
+        model.train(was_training)
+        v["real_au_fa_fr"] = r["au_fa_fr"]
+        v["select"] = r["au_fa_fr"]
+        return v
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "select": "real dev set clip AU-FA-FR", "real_dev_set": self.dev.describe()}
+
+
 # The shared tail of every training command -----------------------------------------------------------
 def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: TrainOptions, augmenter, kw: dict,
                    argv: list[str], role: str, extra_meta: dict) -> dict:
     out: Path = kw["out"]
     check_out(out)
     config = model.config
+    if kw.get("select_real") is not None:
+        from training.real import open_real
+
+        dev = open_real(real_dir_of(kw["select_real"]), corpus.keyword, config.sample_rate)
+        objective = RealSelection(objective, dev.load())
+        log(f"{role}: keeping the epoch with the best AU-FA-FR on the real dev set {dev.root} "
+            f"({len(dev.clip_indices)} clips, scored only)")
     train = corpus.get("train", config)
     val = corpus.get("validation", config)
     test = corpus.get("test", config)
