@@ -26,9 +26,10 @@ AUDIO_SUFFIXES = (".wav", ".flac")  # what soundfile reads losslessly; FLAC is h
 
 
 def audio_files(folder: Path) -> list[Path]:
-    """The audio files (``AUDIO_SUFFIXES``, any case) directly in ``folder``, sorted by name."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES),
-                  key=lambda p: p.name)
+    """The audio files (``AUDIO_SUFFIXES``, any case) directly in ``folder``, sorted by name.
+    Anything named like audio is listed, a folder too, so that reading it fails loudly with
+    its name instead of the clip going missing without a word."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES), key=lambda p: p.name)
 
 
 def speaker_of(path: str | os.PathLike) -> str:
