@@ -143,3 +143,45 @@ def test_helpers():
     assert speaker_of("mine/recording.wav") == "recording"
     assert fit_length(np.ones(3, np.float32), 5).tolist() == [1, 1, 1, 0, 0]
     assert fit_length(np.ones(7, np.float32), 5).shape == (5,)
+
+
+# FLAC (real corpora ship it) ---------------------------------------------------------------
+def test_flac_clips_load_like_wav(tmp_path):
+    """A FLAC-only folder and a mixed wav/FLAC folder list and decode like wavs (16-bit FLAC is
+    lossless: the samples come back exactly)."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "flac_corpus"
+    clips = {}
+    for word in ("sheila", "yes", "no"):
+        for s in ("0a7c2a8d", "0b09edd3", "1c3f4b2a", "2d4e5f60"):
+            x = (np.round(rng.uniform(-0.3, 0.3, 16000) * 32768) / 32768).astype(np.float32)
+            name = f"{word}/{s}_nohash_0.flac"
+            write(root / name, x, 16000)
+            clips[name] = x
+    write(root / "yes" / "3e5f6a7b_nohash_0.wav", np.full(16000, 0.25, np.float32), 16000)
+    write(root / "no" / "4f6a7b8c_nohash_0.FLAC", np.full(12000, -0.25, np.float32), 16000)  # short, upper-case suffix
+    write(root / "_background_noise_" / "tap.flac", (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
+    (root / "yes" / "notes.txt").write_text("not audio")
+    parts = [SpeechCommands(root, split=s, random_split_seed=0) for s in ("train", "validation", "test")]
+    listed = sorted(r for d in parts for r in d.relpaths)
+    assert listed == sorted([*clips, "yes/3e5f6a7b_nohash_0.wav", "no/4f6a7b8c_nohash_0.FLAC"])
+    for ds in parts:
+        waves, labels = ds.load_all()
+        for r, w, y in zip(ds.relpaths, waves, labels):
+            assert y == (1 if r.startswith("sheila/") else 0)
+            if r in clips:
+                assert np.array_equal(w, clips[r])
+            elif r.endswith(".FLAC"):
+                assert float(w[:12000].max()) == pytest.approx(-0.25) and float(np.abs(w[12000:]).max()) == 0.0
+            else:
+                assert float(w.min()) == pytest.approx(0.25)
+    noises = parts[0].background_noises()
+    assert len(noises) == 1 and noises[0].shape == (32000,)
+
+
+def test_flac_only_folder_without_audio_is_one_line_error(tmp_path):
+    (tmp_path / "c" / "sheila").mkdir(parents=True)
+    (tmp_path / "c" / "sheila" / "a.txt").write_text("x")
+    with pytest.raises(KWSError, match=r"no \.wav or \.flac files") as e:
+        SpeechCommands(tmp_path / "c", random_split_seed=0)
+    assert "\n" not in str(e.value)

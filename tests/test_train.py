@@ -85,6 +85,24 @@ def test_eval_prints_every_field(teacher_ckpt, corpus, capsys):
     assert result["threshold_source"] == "checkpoint metadata"
     assert result["fp32_bytes"] == 4 * result["params"]
     assert 0.0 <= result["au_fa_fr"] <= 1.0 and 0.0 <= result["streaming_recall"] <= 1.0
+    assert "real" not in result
+
+
+def test_eval_with_real_adds_a_real_section(teacher_ckpt, corpus, tmp_path, capsys):
+    from test_real import make_dev_set
+
+    dev = make_dev_set(tmp_path / "real")
+    capsys.readouterr()
+    rc = kws_train("eval", "--ckpt", teacher_ckpt, "--data", corpus, "--stream-minutes", "0.5", "--threads", "1",
+                   "--real", dev, "--real-max-fa", "100000")
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    for field in EVAL_FIELDS:
+        assert field in result, field
+    real = result["real"]
+    assert real["clips"]["clips"] == 10 and real["stream"]["keywords"] == 3
+    assert result["threshold"] == real["threshold"] == 0.01  # chosen on the real stream, used everywhere
+    assert result["threshold_source"].startswith("real stream")
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
@@ -163,9 +181,12 @@ def test_finetune_stream_and_report(teacher_ckpt, corpus, tmp_path):
     assert "train_stream" in meta["training"]["history"][0]
 
     out = tmp_path / "reports"
+    from test_real import make_dev_set
+
+    dev = make_dev_set(tmp_path / "real")
     rc = kws_train("report", "--ckpt", f"teacher={teacher_ckpt}", "--ckpt", f"KD={student}",
                    "--ckpt", f"KD streaming={streamed}", "--data", corpus, "--out", out,
-                   "--stream-minutes", "0.5", "--threads", "1", "--device", "cpu")
+                   "--stream-minutes", "0.5", "--threads", "1", "--device", "cpu", "--real", dev)
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     settings = [r["setting"] for r in report["rows"]]
@@ -174,6 +195,11 @@ def test_finetune_stream_and_report(teacher_ckpt, corpus, tmp_path):
     assert rows["KD + static int8"]["memory_bytes"] < rows["KD + fp16"]["memory_bytes"] < rows["KD"]["memory_bytes"]
     md = (out / "report.md").read_text()
     assert "| KD + static int8 |" in md
+    # real speech beside the synthetic columns; the int8 simulation has clip figures only
+    assert report["real_dev_set"]["clip_metric_clips"] == 10 and "## Real speech" in md
+    for r in report["rows"]:
+        assert 0.0 <= r["real_au_fa_fr"] <= 1.0 and 0.0 <= r["real_recall_at_0.1pct_far"] <= 1.0
+    assert rows["KD"]["real_stream_keywords"] == 3 and rows["KD + static int8"]["real_stream_hits"] is None
     for png in ("metric_macs.png", "metric_memory.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -253,3 +279,21 @@ def test_streaming_targets_follow_the_receptive_window():
     assert positive == list(range(20, 28))
     assert unscored == list(range(15, 20)) + list(range(28, 32))
     assert negative == list(range(0, 15)) + list(range(32, 40))
+
+
+def test_select_real_keeps_the_best_epoch_on_the_real_dev_set(corpus, tmp_path):
+    from test_real import make_dev_set
+
+    dev = make_dev_set(tmp_path / "real")
+    out = tmp_path / "sel.pt"
+    assert kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "3", "--lr", "3e-3", *TINY, *FAST,
+                     "--select-real", dev) == 0
+    meta = load_checkpoint(out).metadata
+    history = meta["training"]["history"]
+    real = [h["val_real_au_fa_fr"] for h in history]
+    assert all(h["val_select"] == h["val_real_au_fa_fr"] for h in history)
+    best = min(range(len(history)), key=lambda i: (real[i], history[i]["val_loss"]))
+    assert meta["training"]["best"]["epoch"] == best + 1
+    assert meta["training"]["objective"]["select"] == "real dev set clip AU-FA-FR"
+    assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "x.pt", "--epochs", "1", *TINY, *FAST,
+                     "--select-real", tmp_path / "nowhere") == 2

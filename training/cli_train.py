@@ -9,6 +9,7 @@ import click
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+REAL_DEFAULT = ""  # a bare --real: training.real.default_real_dir(), ../shared/real next to the repository
 
 
 def invocation() -> list[str]:
@@ -44,18 +45,47 @@ def _pair(ctx, param, value):
     return tuple(int(v) for v in value)
 
 
-def data_options(f):
+def data_options(f, required: bool = True):
     f = click.option("--split-seed", type=int, default=None,
                      help="Speaker-disjoint random split with this seed instead of validation_list/testing_list.")(f)
     f = click.option("--keyword", default=None, help="Keyword (default: the checkpoint's, else the corpus's, else 'sheila').")(f)
-    f = click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-                     help="Speech Commands style folder (e.g. made by `kws-train synth`).")(f)
+    f = click.option("--data", "data", required=required, type=click.Path(path_type=Path),
+                     help="Speech Commands style folder (e.g. made by `kws-train synth`)."
+                     + ("" if required else "  Optional with --real (then only real speech is measured)."))(f)
+    return f
+
+
+
+
+def real_options(f, eval_only: bool = False):
+    """--real [DIR] and its companions (docs/real_speech.md)."""
+    opts = [
+        click.option("--real", "real", is_flag=False, flag_value=REAL_DEFAULT, default=None, metavar="[DIR]",
+                     help="Also measure on the real-speech dev set: DIR, or ../shared/real next to the repository when "
+                          "given without a value (clip AU-FA-FR, recall at 0.1%/1% FAR, real stream hits and FA/h)."),
+        click.option("--no-real-stream", is_flag=True, help="With --real: clips only, skip the ~2 h real stream."),
+    ]
+    if eval_only:
+        opts += [
+            click.option("--onnx", "onnx", type=click.Path(path_type=Path), default=None,
+                         help="Score the real stream with this streaming ONNX export through runtime/detect.py's Detector "
+                              "(its kws.threshold unless --threshold; implies --real) instead of the checkpoint in process."),
+            click.option("--real-max-fa", type=float, default=None, metavar="FA_PER_H",
+                         help="Choose the decision threshold on the real stream: the lowest with at most FA_PER_H false "
+                              "alarms per hour; every figure (synthetic ones too) is then at that threshold."),
+        ]
+    for o in opts:
+        f = o(f)
     return f
 
 
 def run_options(f, batch_size: int = 256):
     """Options shared by every training command."""
     opts = [
+        click.option("--select-real", "select_real", is_flag=False, flag_value=REAL_DEFAULT, default=None, metavar="[DIR]",
+                     help="Keep the epoch with the best clip AU-FA-FR on the real-speech dev set (DIR, or ../shared/real "
+                          "next to the repository) instead of the synthetic validation split; the dev set is only scored, "
+                          "never trained on."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("--setting", default=None,
                      help="Name of this compression setting in reports (e.g. 'KD small'); stored in the metadata."),
@@ -210,7 +240,8 @@ def finetune_stream(**kw):
 
 @click.command("eval", context_settings=CONTEXT)
 @click.option("--ckpt", required=True, type=click.Path(path_type=Path))
-@data_options
+@lambda f: data_options(f, required=False)
+@lambda f: real_options(f, eval_only=True)
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True)
 @click.option("--stream-minutes", type=float, default=30.0, show_default=True,
               help="Minutes of long stream (from the same split) for streaming recall / false alarms per hour.")
@@ -223,7 +254,8 @@ def finetune_stream(**kw):
               help="Also write the JSON to this file.")
 def eval_cmd(**kw):
     """Evaluate a checkpoint; prints one JSON object (AU-FA-FR offline and streaming, FRR at
-    1% FAR, costs, streaming recall and false alarms per hour, threshold)."""
+    1% FAR, costs, streaming recall and false alarms per hour, threshold).  With --real a
+    "real" section: the same kind of figures on real recorded speech (docs/real_speech.md)."""
     from training.pipeline import run_eval
 
     result = run_eval(kw)
@@ -240,6 +272,7 @@ def eval_cmd(**kw):
 @click.option("--ckpt", "ckpts", multiple=True, required=True,
               help="[LABEL=]PATH of a checkpoint; repeat.  The first is the reference (the teacher).")
 @data_options
+@real_options
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @click.option("--variants-of", type=click.Path(path_type=Path), default=None,
               help="Add '+ static int8' and '+ fp16' rows for this checkpoint (default: the second --ckpt).")

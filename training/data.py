@@ -1,6 +1,7 @@
 """Speech Commands v0.01/v0.02 folders as a torch Dataset (real recordings or `kws-train synth`).
 
-Layout: one folder per word holding ``<speaker>_nohash_<n>.wav`` files, ``_background_noise_/``
+Layout: one folder per word holding ``<speaker>_nohash_<n>.wav`` (or ``.flac``, as real corpora
+ship them) files, ``_background_noise_/``
 and optionally ``validation_list.txt`` / ``testing_list.txt``.  The keyword's folder (found by
 the keyword's slug) is label 1, every other word label 0.  Splits come from the two lists, or
 from a seeded speaker-disjoint random split when ``random_split_seed`` is given.
@@ -21,6 +22,14 @@ from kws_export.errors import KWSError
 from training.synth import NOISE_FOLDER, TESTING_LIST, VALIDATION_LIST, slug
 
 SPLITS = ("train", "validation", "test")
+AUDIO_SUFFIXES = (".wav", ".flac")  # what soundfile reads losslessly; FLAC is half the size
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files (``AUDIO_SUFFIXES``, any case) directly in ``folder``, sorted by name.
+    Anything named like audio is listed, a folder too, so that reading it fails loudly with
+    its name instead of the clip going missing without a word."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES), key=lambda p: p.name)
 
 
 def speaker_of(path: str | os.PathLike) -> str:
@@ -87,9 +96,9 @@ class SpeechCommands(Dataset):
             raise KWSError(f"{self.root}: no folder '{self.keyword_folder}' for keyword {keyword!r} (folders: {shown or 'none'})")
         rel: list[str] = []
         for word in folders:
-            rel.extend(f"{word}/{p.name}" for p in sorted((self.root / word).glob("*.wav")))
+            rel.extend(f"{word}/{p.name}" for p in audio_files(self.root / word))
         if not rel:
-            raise KWSError(f"{self.root}: no .wav files in any word folder")
+            raise KWSError(f"{self.root}: no .wav or .flac files in any word folder")
         all_labels = np.array([1 if r.split("/", 1)[0] == self.keyword_folder else 0 for r in rel], dtype=np.int64)
         all_speakers = [speaker_of(r) for r in rel]
         if random_split_seed is None:
@@ -159,11 +168,11 @@ class SpeechCommands(Dataset):
 
     # Corpus-level helpers ---------------------------------------------------------------
     def background_noises(self) -> list[np.ndarray]:
-        """float32 arrays of every wav in ``_background_noise_/`` at ``sample_rate`` ([] if none)."""
+        """float32 arrays of every wav/flac in ``_background_noise_/`` at ``sample_rate`` ([] if none)."""
         folder = self.root / NOISE_FOLDER
         if not folder.is_dir():
             return []
-        return [read_wav(p, self.sample_rate)[0] for p in sorted(folder.glob("*.wav"))]
+        return [read_wav(p, self.sample_rate)[0] for p in audio_files(folder)]
 
     def counts(self) -> tuple[int, int]:
         """(keyword clips, other clips) in this split."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kws_export import streaming
 from kws_export.model import CRNN
 from training import macs
 from training.metrics import au_fa_fr, choose_stream_threshold, frr_at_far, streaming_metrics
@@ -51,6 +52,69 @@ def stream_probs(model: CRNN, audio: np.ndarray | torch.Tensor, device="cpu") ->
     x = x if batched else x.unsqueeze(0)
     probs = model.stream_reference(x.to(device)).float().cpu().numpy()
     return probs if batched else probs[0]
+
+
+class CRNNStreamer:
+    """``stream_probs`` over a stream fed in pieces of any length, never reset: the audio
+    before each piece, the GRU hidden state and the last W-1 attention entries are carried,
+    so the per-step probabilities equal ``stream_probs`` of the whole concatenated stream
+    (the exported step's semantics) while memory stays per piece (a 2 h stream would need
+    GBs of frames at once).  The StreamScorer of ``training.real``: ``process(samples) ->
+    probabilities of the steps completed``, ``flush()`` pads the tail with silence."""
+
+    def __init__(self, model: CRNN, device="cpu"):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.spec = model.stream_spec()
+        self.step_samples = self.spec.step_samples
+        self.sample_rate = self.spec.sample_rate
+        self.step_seconds = self.step_samples / self.sample_rate
+        self.threshold = None  # a checkpoint's threshold lives in its metadata, not the model
+        with torch.no_grad():
+            self._p = {k: v.detach() for k, v in streaming.params(self.model).items()}
+        self.reset()
+
+    def reset(self) -> None:
+        spec = self.spec
+        self._pending = np.zeros(0, np.float32)
+        self._tail = torch.zeros(1, spec.prefix_samples, device=self.device)
+        self._h = None
+        self._outs = torch.zeros(1, spec.window_steps - 1, spec.hidden, device=self.device)
+        self._energy = torch.full((1, spec.window_steps - 1), streaming.ENERGY_FILL, device=self.device)
+
+    @torch.no_grad()
+    def process(self, samples) -> np.ndarray:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._pending.size:
+            x = np.concatenate([self._pending, x])
+        steps = x.size // self.step_samples
+        self._pending = x[steps * self.step_samples:].copy()
+        if steps == 0:
+            return np.zeros(0, np.float32)
+        spec, p = self.spec, self._p
+        audio = torch.from_numpy(np.ascontiguousarray(x[: steps * self.step_samples])).to(self.device)[None]
+        buffer = torch.cat([self._tail, audio], dim=1)
+        self._tail = buffer[:, buffer.shape[1] - spec.prefix_samples:]
+        mel = streaming.logmel_buffer(buffer, p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
+        feats = streaming.conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], list(self.model.config.stride))
+        outs, self._h = self.model.gru(feats, self._h)
+        energy = streaming.attention_energy(outs, p)
+        all_out = torch.cat([self._outs, outs], dim=1)
+        all_energy = torch.cat([self._energy, energy], dim=1)
+        w = spec.window_steps
+        win_out = all_out.unfold(1, w, 1)                                # (1, steps, hidden, W)
+        alpha = torch.softmax(all_energy.unfold(1, w, 1), dim=-1)        # (1, steps, W)
+        context = torch.matmul(win_out, alpha.unsqueeze(-1)).squeeze(-1)
+        keep = all_out.shape[1] - (w - 1)
+        self._outs, self._energy = all_out[:, keep:], all_energy[:, keep:]
+        return streaming.keyword_prob(context, p)[0].float().cpu().numpy()
+
+    def flush(self) -> np.ndarray:
+        """Pad the buffered tail (< one step) with silence to one whole step and score it."""
+        if not self._pending.size:
+            return np.zeros(0, np.float32)
+        pad = np.zeros(self.step_samples - self._pending.size, np.float32)
+        return self.process(pad)
 
 
 # Clip metrics ------------------------------------------------------------------------------

@@ -182,12 +182,58 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class RealSelection(Objective):
+    """``objective`` with the kept epoch chosen on the real-speech dev set: validation adds
+    the dev set's clip AU-FA-FR (offline, no gradient) and ranks epochs by it (ties: the
+    synthetic validation loss).  Everything else is the wrapped objective's."""
+
+    def __init__(self, objective: Objective, dev):
+        self.inner = objective
+        self.dev = dev
+
+    def __call__(self, model, waves, labels, generator):
+        return self.inner(model, waves, labels, generator)
+
+    def after_step(self, model) -> None:
+        self.inner.after_step(model)
+
+    def after_epoch(self, model, epoch: int) -> None:
+        self.inner.after_epoch(model, epoch)
+
+    def after_resume(self, model) -> None:
+        self.inner.after_resume(model)
+
+    def eligible(self, epoch: int) -> bool:
+        return self.inner.eligible(epoch)
+
+    def validate(self, model, val, device) -> dict:
+        from training.real import crnn_clip_scorer, evaluate_clips
+
+        v = dict(self.inner.validate(model, val, device))
+        was_training = model.training
+        r = evaluate_clips(self.dev, crnn_clip_scorer(model, device), extra_negatives=False)
+        model.train(was_training)
+        v["real_au_fa_fr"] = r["au_fa_fr"]
+        v["select"] = r["au_fa_fr"]
+        return v
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "select": "real dev set clip AU-FA-FR", "real_dev_set": self.dev.describe()}
+
+
 # The shared tail of every training command -----------------------------------------------------------
 def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: TrainOptions, augmenter, kw: dict,
                    argv: list[str], role: str, extra_meta: dict) -> dict:
     out: Path = kw["out"]
     check_out(out)
     config = model.config
+    if kw.get("select_real") is not None:
+        from training.real import open_real
+
+        dev = open_real(real_dir_of(kw["select_real"]), corpus.keyword, config.sample_rate)
+        objective = RealSelection(objective, dev.load())
+        log(f"{role}: keeping the epoch with the best AU-FA-FR on the real dev set {dev.root} "
+            f"({len(dev.clip_indices)} clips, scored only)")
     train = corpus.get("train", config)
     val = corpus.get("validation", config)
     test = corpus.get("test", config)
@@ -346,22 +392,60 @@ def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
     return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra)
 
 
+def real_dir_of(value: str | None) -> str | None:
+    """--real's value as a folder for training.real.open_real (None: the default folder)."""
+    return None if value in (None, "") else value
+
+
 def run_eval(kw: dict) -> dict:
     if kw.get("out") is not None:
         check_out(kw["out"], "a JSON file path")
+    use_real = kw.get("real") is not None or kw.get("onnx") is not None
+    if kw.get("data") is None and not use_real:
+        raise KWSError("give --data (a synthetic corpus) and/or --real [DIR] (the real-speech dev set)")
+    if kw.get("real_max_fa") is not None:
+        if kw["threshold"] is not None:
+            raise KWSError("--threshold and --real-max-fa both choose the threshold: give one")
+        if not kw["real_max_fa"] >= 0:
+            raise KWSError("--real-max-fa must be >= 0 false alarms per hour")
+        if not use_real:
+            raise KWSError("--real-max-fa chooses the threshold on the real stream: add --real [DIR]")
     set_threads(kw["threads"])
     ckpt = read_checkpoint(kw["ckpt"])
     model = ckpt.build_model()
-    corpus = open_corpus(kw["data"], kw.get("keyword") or ckpt.config.keyword, kw["split_seed"])
+    keyword = kw.get("keyword") or ckpt.config.keyword
     device = pick_device(kw["device"])
-    clips = corpus.get(kw["split"], model.config)
+    corpus = open_corpus(kw["data"], keyword, kw["split_seed"]) if kw.get("data") is not None else None
+    if use_real:  # bad --real / --onnx fail before any long work
+        from training.real import evaluate_real, open_real
+
+        dev = open_real(real_dir_of(kw.get("real")), corpus.keyword if corpus else keyword, model.config.sample_rate)
     threshold, source = kw["threshold"], "--threshold"
     if threshold is None and isinstance(ckpt.metadata.get("threshold"), (int, float)):
         threshold, source = float(ckpt.metadata["threshold"]), "checkpoint metadata"
-    if threshold is None:
+    if threshold is None and corpus is not None and kw.get("real_max_fa") is None:
         val = corpus.get("validation", model.config)
         threshold, _ = recommend_threshold(model, build_streams(val, 10.0, kw["seed"] + 1, corpus.noises), device=device)
         source = "validation streams, best event F1"
+    real_result = None
+    if use_real:
+        own = kw.get("onnx") is not None and kw["threshold"] is None  # the ONNX file's kws.threshold
+        real_result = evaluate_real(model, dev, None if own else threshold, onnx=kw.get("onnx"),
+                                    stream=not kw.get("no_real_stream"), seed=kw["seed"], device=device,
+                                    choose_fa_per_hour=kw.get("real_max_fa"), threads=kw["threads"])
+        if kw.get("real_max_fa") is not None:
+            threshold, source = real_result["threshold"], real_result["threshold_source"]
+        elif own and "stream" in real_result:
+            real_result["threshold_source"] = f"{kw['onnx']}: kws.threshold"
+        else:
+            real_result["threshold_source"] = source
+    head = {"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword if corpus else keyword}
+    if corpus is None:
+        return json_safe(plain({**head, "threshold": threshold, "threshold_source": source, "real": real_result}))
+    clips = corpus.get(kw["split"], model.config)
     streams: list[LongStream] = build_streams(clips, kw["stream_minutes"], kw["seed"], corpus.noises)
     result = evaluate_model(model, clips, streams, threshold, device=device, threshold_source=source)
-    return json_safe(plain({"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword, **result}))
+    out = {**head, **result}
+    if real_result is not None:
+        out["real"] = real_result
+    return json_safe(plain(out))

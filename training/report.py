@@ -70,6 +70,13 @@ def run_report(kw: dict) -> dict:
     clips = corpus.get(kw["split"], config0)
     streams = build_streams(clips, kw["stream_minutes"], kw["seed"], corpus.noises)
     val_streams = None
+    dev = None
+    if kw.get("real") is not None:
+        from training.pipeline import real_dir_of
+        from training.real import open_real
+
+        dev = open_real(real_dir_of(kw["real"]), keyword, config0.sample_rate).load()
+    real = {"dev": dev, "stream": not kw.get("no_real_stream"), "seed": kw["seed"]}
 
     variants_path = kw["variants_of"]
     if variants_path is None and len(entries) > 1:
@@ -86,7 +93,7 @@ def run_report(kw: dict) -> dict:
             threshold, _ = recommend_threshold(model, val_streams, device=device)
             source = "validation streams, best event F1"
         rows.append(_row(label, path, model, clips, streams, float(threshold), source, device,
-                         "sparse fp32" if _is_sparse(model) else "fp32"))
+                         "sparse fp32" if _is_sparse(model) else "fp32", real))
         rows[-1]["provenance"] = {k: ckpt.metadata.get(k) for k in ("command", "training_time_s", "created")}
         if variants_path is not None and Path(path).resolve() == Path(variants_path).resolve():
             train = corpus.get("train", model.config)
@@ -96,9 +103,10 @@ def run_report(kw: dict) -> dict:
             subset = ClipSet(train.waves[pool], train.labels[pool], [], "train")
             calib_stream = build_streams(subset, CALIB_STREAM_MINUTES, kw["seed"] + 2, corpus.noises)[0].audio
             q = int8_sim_model(model, train.batch(idx), torch.as_tensor(calib_stream))
-            rows.append(_row(f"{label} + static int8", path, q, clips, streams, float(threshold), source, "cpu", "int8"))
+            rows.append(_row(f"{label} + static int8", path, q, clips, streams, float(threshold), source, "cpu", "int8",
+                             real))
             rows.append(_row(f"{label} + fp16", path, fp16_model(model), clips, streams, float(threshold), source,
-                             device, "fp16"))
+                             device, "fp16", real))
     if variants_path is not None and not any(r["memory_kind"] == "int8" for r in rows):
         raise KWSError(f"{variants_path}: --variants-of must be one of the --ckpt files")
 
@@ -108,6 +116,8 @@ def run_report(kw: dict) -> dict:
         r["memory_ratio_vs_first"] = ref["memory_bytes"] / r["memory_bytes"]
     report = {"split": kw["split"], "clips": len(clips), "stream_minutes": sum(s.seconds for s in streams) / 60.0,
               "data": corpus.recipe, "rows": rows}
+    if dev is not None:
+        report["real_dev_set"] = dev.describe()
     _write(out / "report.json", json.dumps(json_safe(plain(report)), indent=1) + "\n")
     _write(out / "report.md", render_markdown(report))
     plot(rows, "macs_per_second_network", "network MACs per second of audio", out / "metric_macs.png")
@@ -120,8 +130,29 @@ def _is_sparse(model) -> bool:
     return any(v < 0.999 for v in macs.part_density(model).values())
 
 
-def _row(label, path, model, clips, streams, threshold, source, device, memory_kind) -> dict:
+def _real_columns(model, threshold: float, device, real: dict) -> dict:
+    """The real-speech figures of one row (the stream only for plain CRNNs, which
+    ``CRNNStreamer`` runs; the static-int8 simulation has no streamer)."""
+    from kws_export.model import CRNN
+    from training.real import evaluate_real
+
+    stream = real["stream"] and type(model) is CRNN
+    r = evaluate_real(model, real["dev"], threshold, stream=stream, seed=real["seed"], device=device,
+                      extra_negatives=False)
+    c = r["clips"]
+    out = {"real_au_fa_fr": c["au_fa_fr"], "real_recall_at_0.1pct_far": c["recall_at_0.1pct_far"],
+           "real_recall_at_1pct_far": c["recall_at_1pct_far"], "real_stream_hits": None, "real_stream_keywords": None,
+           "real_false_alarms_per_hour": None}
+    if "stream" in r:
+        at = r["stream"]["at_threshold"]
+        out.update(real_stream_hits=at["hits"], real_stream_keywords=at["keywords"],
+                   real_false_alarms_per_hour=at["false_alarms_per_hour"], real_stream_sweep=r["stream"]["sweep"])
+    return out
+
+
+def _row(label, path, model, clips, streams, threshold, source, device, memory_kind, real=None) -> dict:
     m = evaluate_model(model, clips, streams, threshold, device=device, threshold_source=source)
+    extra = _real_columns(model, threshold, device, real) if real and real["dev"] is not None else {}
     cpu = model.cpu()
     density = macs.part_density(cpu)
     net = macs.network_macs_per_second(cpu.config, density if memory_kind == "sparse fp32" else None)
@@ -133,7 +164,7 @@ def _row(label, path, model, clips, streams, threshold, source, device, memory_k
         "memory_kind": memory_kind, "memory_bytes": memory_of(cpu, memory_kind),
         "au_fa_fr": m["au_fa_fr"], "au_fa_fr_streaming": m["au_fa_fr_streaming"], "frr_at_1pct_far": m["frr_at_1pct_far"],
         "streaming_recall": m["streaming_recall"], "false_alarms_per_hour": m["false_alarms_per_hour"],
-        "threshold": threshold, "threshold_source": source,
+        "threshold": threshold, "threshold_source": source, **extra,
     }
 
 
@@ -169,6 +200,8 @@ def render_markdown(report: dict) -> str:
             f"{r['au_fa_fr_streaming']:.2e} | {r['frr_at_1pct_far']:.3f} | {r['streaming_recall']:.3f} | "
             f"{r['false_alarms_per_hour']:.1f} | {r['threshold']:.2f} |"
         )
+    if report.get("real_dev_set"):
+        lines += _real_markdown(report)
     lines += [
         "",
         "![AU-FA-FR vs MACs](metric_macs.png)",
@@ -193,6 +226,27 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"Data: `{synth}`"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _real_markdown(report: dict) -> list[str]:
+    d = report["real_dev_set"]
+    lines = [
+        "",
+        "## Real speech (development set)",
+        "",
+        f"Real recordings, never trained on (docs/real_speech.md): clip figures over the {d['clip_metric_clips']:,} "
+        f"speech clips that hold the keyword's folder ({d['keyword_clips']} '{d['keyword']}'); the stream is all "
+        f"{d['speech_clips']:,} speech clips shuffled and concatenated, at each model's threshold.",
+        "",
+        "| setting | AU-FA-FR | recall @0.1% FAR | recall @1% FAR | stream hits | FA/hour | threshold |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        hits = f"{r['real_stream_hits']}/{r['real_stream_keywords']}" if r.get("real_stream_hits") is not None else "-"
+        fa = f"{r['real_false_alarms_per_hour']:.1f}" if r.get("real_false_alarms_per_hour") is not None else "-"
+        lines.append(f"| {r['setting']} | {r['real_au_fa_fr']:.2e} | {r['real_recall_at_0.1pct_far']:.3f} | "
+                     f"{r['real_recall_at_1pct_far']:.3f} | {hits} | {fa} | {r['threshold']:.2f} |")
+    return lines
 
 
 def plot(rows: list, xkey: str, xlabel: str, path: Path) -> None:
