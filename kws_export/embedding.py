@@ -163,13 +163,18 @@ class Features:
         out = self.emb.run(None, {"input_1": np.ascontiguousarray(windows, np.float32)[..., None]})[0]
         return out.reshape(len(windows), EMBEDDING_DIM)
 
-    def stream_embeddings(self, audio: np.ndarray, batch: int = 256) -> np.ndarray:
-        """The embedding each streaming step computes, [len(audio) // 1280, 96]: the mel graph
-        per 1760-sample call exactly as ``EmbeddingKWS.step`` runs it, the embedding graph
-        batched over steps (it sees one 76-frame window at a time either way)."""
-        x = np.concatenate([np.zeros(CONTEXT_SAMPLES, np.float32), np.asarray(audio, np.float32)])
+    def stream_embeddings(self, audio: np.ndarray, tail: np.ndarray | None = None, mel_ring: np.ndarray | None = None,
+                          batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The embedding each streaming step computes, [len(audio) // 1280, 96], with the
+        carried audio tail [480] and mel ring [76, 32] (default: the initial state) before
+        and after: the mel graph per 1760-sample call exactly as ``EmbeddingKWS.step`` runs it,
+        the embedding graph batched over steps (it sees one 76-frame window at a time either
+        way).  Samples after the last whole step are the caller's to keep."""
+        tail = np.zeros(CONTEXT_SAMPLES, np.float32) if tail is None else np.asarray(tail, np.float32).reshape(-1)
+        ring = np.ones((MEL_WINDOW, MEL_BANDS), np.float32) if mel_ring is None else np.asarray(mel_ring, np.float32)
+        x = np.concatenate([tail, np.asarray(audio, np.float32).reshape(-1)])
         steps = (len(x) - CONTEXT_SAMPLES) // STEP_SAMPLES
-        mel = np.ones((MEL_WINDOW - MEL_STRIDE + steps * MEL_STRIDE, MEL_BANDS), np.float32)
+        mel = np.concatenate([ring[MEL_STRIDE:], np.zeros((steps * MEL_STRIDE, MEL_BANDS), np.float32)])
         for i in range(steps):
             call = x[i * STEP_SAMPLES:i * STEP_SAMPLES + STEP_SAMPLES + CONTEXT_SAMPLES]
             mel[MEL_WINDOW - MEL_STRIDE + i * MEL_STRIDE:][:MEL_STRIDE] = self.melspec(call)
@@ -177,7 +182,9 @@ class Features:
         for s in range(0, steps, batch):
             idx = range(s, min(steps, s + batch))
             out[s:s + len(idx)] = self.embed(np.stack([mel[i * MEL_STRIDE:i * MEL_STRIDE + MEL_WINDOW] for i in idx]))
-        return out
+        used = CONTEXT_SAMPLES + steps * STEP_SAMPLES
+        ring = np.concatenate([ring, mel[MEL_WINDOW - MEL_STRIDE:]])[-MEL_WINDOW:] if steps else ring
+        return out, x[used - CONTEXT_SAMPLES:used].copy(), ring
 
     def clip_embeddings(self, audio: np.ndarray, n_embeddings: int = 16) -> np.ndarray:
         """The embeddings of the last ``clip_samples`` of a clip (left-padded with zeros)."""
@@ -274,7 +281,13 @@ class EmbeddingKWS(nn.Module):
         """Per-step probabilities from ``Features.stream_embeddings`` (the ring starts at zero):
         the same numbers as ``stream``, but a cached stream scores any head in milliseconds."""
         n = self.config.n_embeddings
-        e = np.concatenate([np.zeros((n - 1, EMBEDDING_DIM), np.float32), np.asarray(step_embeddings, np.float32)])
+        return self.head_over(np.zeros((n - 1, EMBEDDING_DIM), np.float32), step_embeddings)
+
+    @torch.no_grad()
+    def head_over(self, previous: np.ndarray, step_embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities of the steps of ``step_embeddings``, the last ``n - 1`` embeddings before them in ``previous``."""
+        n = self.config.n_embeddings
+        e = np.concatenate([np.asarray(previous, np.float32)[len(previous) - (n - 1):], np.asarray(step_embeddings, np.float32)])
         windows = torch.from_numpy(e).unfold(0, n, 1).transpose(1, 2)  # [steps, n, 96]
         return torch.cat([torch.sigmoid(self(windows[s:s + 4096])) for s in range(0, len(windows), 4096)]).numpy()
 

@@ -163,7 +163,33 @@ def test_head_training_separates_what_the_embedding_hears(graphs):
 def test_batched_stream_embeddings_equal_the_step(model):
     x = speechlike(3.0, seed=3)
     f = model.features()
-    e = f.stream_embeddings(x)
+    e, tail, ring = f.stream_embeddings(x)
     assert e.shape == (len(x) // STEP_SAMPLES, EMBEDDING_DIM)
     want = model.stream(x)
     np.testing.assert_allclose(model.stream_from_embeddings(e), want, atol=1e-5)
+    # In pieces, carrying the tail and the mel ring: the same embeddings.
+    cut = 17 * STEP_SAMPLES
+    e1, t1, r1 = f.stream_embeddings(x[:cut])
+    e2, _, _ = f.stream_embeddings(x[cut:], t1, r1)
+    np.testing.assert_allclose(np.concatenate([e1, e2]), e, atol=1e-5)
+
+
+def test_in_process_streamer_equals_the_step_over_odd_pieces(model):
+    from training.evaluate import EmbeddingStreamer, streamer_for
+
+    x = speechlike(3.3, seed=4)
+    s = streamer_for(model)
+    assert isinstance(s, EmbeddingStreamer)
+    got = np.concatenate([s.process(x[:5000]), s.process(x[5000:5001]), s.process(x[5001:]), s.flush()])
+    want = model.stream(np.concatenate([x, np.zeros(-len(x) % STEP_SAMPLES, np.float32)]))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_real_clip_scorer_puts_the_clip_at_the_window_end(model):
+    from training.real import clip_scorer_for, clip_windows
+
+    scorer = clip_scorer_for(model)
+    assert scorer.window_samples == 31840 and scorer.pad == "start"
+    w = clip_windows(np.ones(16000, np.float32), scorer.window_samples, 1600, scorer.pad)
+    assert w.shape == (1, 31840) and w[0, -16000:].min() == 1 and w[0, :-16000].max() == 0

@@ -54,6 +54,56 @@ def stream_probs(model: CRNN, audio: np.ndarray | torch.Tensor, device="cpu") ->
     return probs if batched else probs[0]
 
 
+class EmbeddingStreamer:
+    """The speech-embedding model's streaming step over a stream fed in pieces (the
+    StreamScorer of ``training.real``), never reset: the audio tail, the mel ring and the
+    last embeddings are carried, so the probabilities equal ``EmbeddingKWS.stream`` (and the
+    exported graph) while the embedding graph runs batched over each piece's steps."""
+
+    def __init__(self, model):
+        from kws_export.embedding import STEP_SAMPLES
+
+        self.model = model.eval()
+        self.step_samples = STEP_SAMPLES
+        self.sample_rate = model.config.sample_rate
+        self.step_seconds = STEP_SAMPLES / self.sample_rate
+        self.threshold = None
+        self.reset()
+
+    def reset(self) -> None:
+        from kws_export.embedding import EMBEDDING_DIM
+
+        self._pending = np.zeros(0, np.float32)
+        self._tail = None
+        self._ring = None
+        self._embs = np.zeros((self.model.config.n_embeddings - 1, EMBEDDING_DIM), np.float32)
+
+    def process(self, samples) -> np.ndarray:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._pending.size:
+            x = np.concatenate([self._pending, x])
+        steps = x.size // self.step_samples
+        self._pending = x[steps * self.step_samples:].copy()
+        if steps == 0:
+            return np.zeros(0, np.float32)
+        e, self._tail, self._ring = self.model.features().stream_embeddings(x[: steps * self.step_samples], self._tail, self._ring)
+        probs = self.model.head_over(self._embs, e)
+        self._embs = np.concatenate([self._embs, e])[-(self.model.config.n_embeddings - 1):]
+        return probs
+
+    def flush(self) -> np.ndarray:
+        if not self._pending.size:
+            return np.zeros(0, np.float32)
+        return self.process(np.zeros(self.step_samples - self._pending.size, np.float32))
+
+
+def streamer_for(model, device="cpu"):
+    """The in-process streaming scorer of either model family."""
+    from kws_export.embedding import EmbeddingKWS
+
+    return EmbeddingStreamer(model) if isinstance(model, EmbeddingKWS) else CRNNStreamer(model, device)
+
+
 class CRNNStreamer:
     """``stream_probs`` over a stream fed in pieces of any length, never reset: the audio
     before each piece, the GRU hidden state and the last W-1 attention entries are carried,

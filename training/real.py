@@ -211,6 +211,8 @@ class ClipScorer:
     window_samples: int
     sample_rate: int = 16000
     batch_size: int = 256
+    pad: str = "end"  # where a short clip's zeros go: "end" (the seminar's), "start" (a detector's
+    # view: the clip has just been heard, as the embedding model is trained)
 
 
 def crnn_clip_scorer(model, device="cpu", batch_size: int = 512) -> ClipScorer:
@@ -227,13 +229,32 @@ def crnn_clip_scorer(model, device="cpu", batch_size: int = 512) -> ClipScorer:
     return ClipScorer(score, int(c.clip_samples), int(c.sample_rate), batch_size)
 
 
-def clip_windows(x: np.ndarray, window: int, hop: int) -> np.ndarray:
-    """[W, window] windows of one clip: the clip zero-padded at the end when it is no longer
-    than ``window``, else windows every ``hop`` samples, the last one ending with the clip."""
+def embedding_clip_scorer(model, batch_size: int = 64) -> ClipScorer:
+    """The speech-embedding model: its 1.99 s window ending with the clip (zeros before it)."""
+    def score(batch: np.ndarray) -> np.ndarray:
+        return model.keyword_prob(batch).numpy()
+
+    c = model.config
+    return ClipScorer(score, int(c.clip_samples), int(c.sample_rate), batch_size, pad="start")
+
+
+def clip_scorer_for(model, device="cpu") -> ClipScorer:
+    from kws_export.embedding import EmbeddingKWS
+
+    return embedding_clip_scorer(model) if isinstance(model, EmbeddingKWS) else crnn_clip_scorer(model, device)
+
+
+def clip_windows(x: np.ndarray, window: int, hop: int, pad: str = "end") -> np.ndarray:
+    """[W, window] windows of one clip: the clip zero-padded (at the end, or at the start)
+    when it is no longer than ``window``, else windows every ``hop`` samples, the last one
+    ending with the clip."""
     x = np.asarray(x, dtype=np.float32)
     if x.size <= window:
         out = np.zeros((1, window), np.float32)
-        out[0, : x.size] = x
+        if pad == "start":
+            out[0, window - x.size:] = x
+        else:
+            out[0, : x.size] = x
         return out
     starts = list(range(0, x.size - window + 1, hop))
     if starts[-1] != x.size - window:
@@ -258,7 +279,7 @@ def score_clips(scorer: ClipScorer, waves: Sequence[np.ndarray] | Iterator[np.nd
         owners.clear()
 
     for i, x in enumerate(waves):
-        w = clip_windows(x, scorer.window_samples, hop)
+        w = clip_windows(x, scorer.window_samples, hop, scorer.pad)
         best.append(-math.inf)
         buf.append(w)
         owners.extend([i] * len(w))
@@ -502,7 +523,7 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
     ``kws.threshold`` is used for its stream when ``threshold`` is None.  With
     ``choose_fa_per_hour`` the threshold is chosen on the real stream and used for the clip
     figures too.  Returns the ``"real"`` section of the eval JSON."""
-    from training.evaluate import CRNNStreamer
+    from training.evaluate import streamer_for
 
     out: dict = {"dev_set": dev.describe()}
     if choose_fa_per_hour is not None and not stream:
@@ -515,8 +536,8 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
                 raise KWSError(f"{onnx}: detects {scorer.keyword!r}, the evaluation is for {dev.keyword!r}")
             model_name = str(onnx)
         else:
-            scorer = CRNNStreamer(model, device)
-            model_name = "checkpoint, in-process streaming (training.evaluate.CRNNStreamer)"
+            scorer = streamer_for(model, device)
+            model_name = f"checkpoint, in-process streaming (training.evaluate.{type(scorer).__name__})"
         s = evaluate_stream(dev, scorer, threshold, seed, choose_fa_per_hour=choose_fa_per_hour)
         s["model"] = model_name
         if choose_fa_per_hour is not None:
@@ -524,7 +545,7 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
         elif threshold is None:
             threshold = scorer.threshold
         out["stream"] = s
-    out["clips"] = evaluate_clips(dev, crnn_clip_scorer(model, device), threshold, extra_negatives)
+    out["clips"] = evaluate_clips(dev, clip_scorer_for(model, device), threshold, extra_negatives)
     out["threshold"] = threshold
     if source is not None:
         out["threshold_source"] = source
