@@ -9,7 +9,7 @@ beside the inputs) and any output file that already existed left byte-for-byte u
 Starting a Python that imports torch costs seconds on a loaded two-core machine, so the
 cases are not started with ``subprocess.run`` one by one: one helper process imports the
 packages once and forks a child per case; the child runs the very entry point the console
-script runs (``kws_export.cli:main``, ``training.cli:main``, ``runtime/detect.py`` as
+script runs (``training.export_cli:main``, ``training.cli:main``, ``runtime/detect.py`` as
 ``__main__``) with its own stdin, stdout, stderr, working directory and exit status.  A few
 cases also run through the real installed console scripts to prove the two agree.
 
@@ -56,15 +56,15 @@ DRIVER = r'''
 import json, os, runpy, signal, sys, time, traceback
 import torch
 torch.set_num_threads(1)
-import kws_export.cli, training.cli
+import training.cli, training.export_cli
 for name in ("kws_export.export_onnx", "kws_export.export_torchscript", "kws_export.verify",
              "kws_export.quantize", "kws_export.onnx_info", "kws_export.audio", "training.pipeline",
-             "training.synth", "onnxruntime", "runtime.detect"):
+             "training.synth", "training.speech", "onnxruntime", "runtime.detect"):
     try:  # best effort: a module that fails to import fails again, visibly, in the child
         __import__(name)
     except BaseException:
         pass
-ENTRIES = {"kws-export": lambda argv: kws_export.cli.main(argv), "kws-train": lambda argv: training.cli.main(argv)}
+ENTRIES = {"kws-export": lambda argv: training.export_cli.main(argv), "kws-train": lambda argv: training.cli.main(argv)}
 
 def child(req):
     os.chdir(req["cwd"])
