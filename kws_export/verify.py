@@ -116,7 +116,7 @@ def _is_quantized(path: str) -> bool:
 
 
 def torchscript_runner(path: str, name: str | None = None) -> Runner:
-    from kws_export.export_torchscript import is_streaming, load_torchscript
+    from kws_export.export_torchscript import checked_step, is_streaming, load_torchscript
 
     module = load_torchscript(path)
     name = name or Path(path).name
@@ -129,7 +129,7 @@ def torchscript_runner(path: str, name: str | None = None) -> Runner:
             probs = []
             with torch.no_grad():
                 for start in range(0, len(x) - step_samples + 1, step_samples):
-                    p, state = module.step(x[None, start:start + step_samples], state)
+                    p, state = checked_step(module, x[None, start:start + step_samples], state)
                     probs.append(p[0].numpy())
             return np.concatenate(probs) if probs else np.zeros(0, np.float32)
         return Runner(name, str(path), "stream", False, run_stream)

@@ -792,20 +792,37 @@ def test_pytorch_step_refuses_a_wrong_state(what):
     assert "\n" not in str(err.value) and re.search(r"gru_h0|mel_tail|audio_tail|state", str(err.value))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kws_export/export_torchscript.py StreamingStep.step does not check the state: a wrong one fails deep in "
-    "TorchScript with a multi-line 'The following operation failed in the TorchScript interpreter'"))
-def test_torchscript_step_refuses_a_wrong_state():
-    from kws_export.export_torchscript import script_module
+@pytest.mark.parametrize("what", ["wider GRU", "fewer mel frames", "shorter audio tail", "batch of two", "missing state"])
+def test_torchscript_step_refuses_a_wrong_state(what, tmp_path):
+    """The scripted step checks its state (and chunk) like the eager one, in the same words.
+    A scripted ``raise`` reaches Python with TorchScript's interpreter traceback before the
+    message, so kws_export's ``checked_step`` (what verify runs) raises the message alone:
+    one line naming the state.  Raw ``step`` ends with that same line."""
+    from kws_export.export_torchscript import checked_step, export_torchscript, interpreter_message, load_torchscript
 
     torch.manual_seed(0)
     model = CRNN(TINY).eval()
-    scripted = script_module(model, streaming_mode=True)
+    export_torchscript(model, tmp_path / "m.stream.ts", streaming_mode=True)
+    scripted = load_torchscript(tmp_path / "m.stream.ts")  # as a user gets it: from the file
     chunk = torch.from_numpy(tone(0.08))[None]
-    with pytest.raises(Exception) as err:
-        scripted.step(chunk, _wrong_states(model)["wider GRU"])
-    first = str(err.value).strip().splitlines()[0]
-    assert "gru_h0" in first
+    bad = _wrong_states(model)[what]
+    with pytest.raises(KWSError) as eager:
+        model.step(chunk, bad)
+    with pytest.raises(KWSError) as err:
+        checked_step(scripted, chunk, bad)
+    message = str(err.value)
+    first = message.strip().splitlines()[0]
+    assert "\n" not in message and message == str(eager.value)
+    assert re.search(r"gru_h0|mel_tail|audio_tail", first)
+    if what == "wider GRU":
+        assert "gru_h0" in first
+    with pytest.raises(torch.jit.Error) as raw:
+        scripted.step(chunk, bad)
+    assert str(raw.value).strip().splitlines()[-1].endswith(message) and interpreter_message(raw.value) == message
+    with pytest.raises(KWSError, match=r"a streaming chunk must be \(batch, k \* 1280\) samples, got \(1, 100\)"):
+        checked_step(scripted, chunk[:, :100], model.init_state())
+    p, _ = checked_step(scripted, chunk, model.init_state())
+    torch.testing.assert_close(p, model.step(chunk, model.init_state())[0].detach(), rtol=0, atol=1e-6)
 
 
 def test_pytorch_step_leaves_the_callers_state_untouched():
