@@ -90,6 +90,16 @@ def step_labels(ends, steps):
     return y
 
 
+def agreement_outside_margin(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> float:
+    """Decision agreement, as `kws-export verify` holds int8 to it, on the steps whose
+    reference is more than INT8_MAX_DIFF from the threshold: a step within the |dprob|
+    allowance of it may flip within tolerance (this stream has a few there, e.g. 0.496 vs
+    0.505, and which of them flip moves with any change of rounding)."""
+    clear = np.abs(ref - threshold) > INT8_MAX_DIFF
+    assert clear.mean() > 0.95  # the margin excuses a handful of steps, not the stream
+    return float(np.mean((ref[clear] >= threshold) == (got[clear] >= threshold)))
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A small streaming CRNN fitted on synthesized speech (about ten seconds of CPU)."""
@@ -136,7 +146,7 @@ def test_int8_agrees_with_fp32_on_held_out_speech(fitted):
     fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
     int8 = run_stream(session(d / "fit.stream.int8.onnx"), audio)
     assert len(fp32) == len(int8) == 1500
-    assert np.mean((fp32 >= 0.5) == (int8 >= 0.5)) >= INT8_AGREEMENT
+    assert agreement_outside_margin(fp32, int8) >= INT8_AGREEMENT
     assert np.abs(fp32 - int8).max() <= INT8_MAX_DIFF
     assert np.abs(fp32 - int8).max() > 0  # it is a different computation
 
@@ -192,7 +202,7 @@ def test_int8_weights_agree_with_fp32_on_held_out_speech(fitted, weights_int8):
     fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
     w8 = run_stream(session(path), audio)
     assert len(w8) == 1500
-    assert np.mean((fp32 >= 0.5) == (w8 >= 0.5)) >= INT8_AGREEMENT
+    assert agreement_outside_margin(fp32, w8) >= INT8_AGREEMENT
     assert 0 < np.abs(fp32 - w8).max() <= INT8_MAX_DIFF
 
 
@@ -322,7 +332,10 @@ def test_verify_passes_on_faithful_exports(fitted, capsys):
     assert pairs[("torch offline", "fit.onnx")]["max_abs_diff"] <= 1e-5
     assert pairs[("torch offline", "fit.ts")]["max_abs_diff"] <= 1e-5
     int8 = pairs[("fit.stream.onnx", "fit.stream.int8.onnx")]
-    assert int8["agreement"] >= 0.999 and int8["max_abs_diff"] <= 0.02 and int8["outputs"] == 250
+    # decisions held as verify holds them: outside the |dprob| margin (two steps of this
+    # stream sit within 0.004 of the threshold, where any rounding may flip them)
+    assert int8["agreement_outside_margin"] >= 0.999 and int8["max_abs_diff"] <= 0.02 and int8["outputs"] == 250
+    assert int8["steps_within_margin"] < 0.05 * int8["outputs"]
 
 
 def test_verify_fails_beyond_tolerance(fitted, tmp_path, capsys):
