@@ -119,6 +119,7 @@ def export_model(m: BenchModel, work: Path, exported_dir: Path | None, calib: Pa
     """Fill ``m.exports``: streaming and offline TorchScript, streaming ONNX fp32 and int8."""
     from kws_export.export_onnx import export_onnx_file
     from kws_export.export_torchscript import export_torchscript
+    from training.speech import SYNTHESIZED
 
     sha = sha256_file(m.ckpt)
     for kind in EXPORTS:
@@ -135,18 +136,21 @@ def export_model(m: BenchModel, work: Path, exported_dir: Path | None, calib: Pa
                 export_onnx_file(m.ckpt, out, streaming=True, int8=True, int8_mode="weights", chunk_ms=CHUNK_MS[kind])
             else:
                 int8 = kind == "onnx_int8"
-                export_onnx_file(m.ckpt, out, streaming=True, int8=int8, calib=str(calib) if int8 and calib else None)
+                export_onnx_file(m.ckpt, out, streaming=True, int8=int8, calib=str(calib) if int8 and calib else None,
+                                 speech=SYNTHESIZED if int8 else None)
         m.exports[kind], m.export_origin[kind] = out, "fresh"
 
 
 def export_chunked_int8(m: BenchModel, work: Path, chunk_ms: float, calib: Path | None) -> Path:
     """The int8 streaming export with several steps per call (``--chunk-ms``)."""
     from kws_export.export_onnx import export_onnx_file
+    from training.speech import SYNTHESIZED
 
     out = work / f"{m.name}.int8.chunk{int(chunk_ms)}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_onnx_file(m.ckpt, out, streaming=True, int8=True, chunk_ms=chunk_ms, calib=str(calib) if calib else None)
+        export_onnx_file(m.ckpt, out, streaming=True, int8=True, chunk_ms=chunk_ms, calib=str(calib) if calib else None,
+                         speech=SYNTHESIZED)
     return out
 
 

@@ -13,13 +13,30 @@ import functools
 import math
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
 
 from kws_export.errors import KWSError
 from kws_export.fileio import atomic_output, check_readable
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Audio made on demand, for calibration (static int8) and verification when the user
+    names no files.  kws_export makes none itself: the caller passes one in (the installed
+    ``kws-export`` command passes training's synthesized speech, ``training.speech``).
+
+    ``streams(keyword, sample_rate, seconds, seed)`` returns float32 mono streams of
+    ``seconds`` each at ``sample_rate``; ``name`` says what they are ("synthesized speech"),
+    for metadata and reports."""
+
+    name: str
+    streams: Callable[[str, int, float, int], list]
+
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99

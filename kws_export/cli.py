@@ -1,4 +1,10 @@
-"""``kws-export``: inspect checkpoints and export them (TorchScript, ONNX, streaming, int8)."""
+"""``kws-export``: inspect checkpoints and export them (TorchScript, ONNX, streaming, int8).
+
+This CLI makes no audio: static int8 calibrates on ``--calib DIR`` and ``verify`` runs
+``--wav`` files, or, when neither is given, on the ``AudioSource`` passed to ``main``.  The
+installed ``kws-export`` command (``training.console``) passes kws-edge's synthesized
+speech; ``python -m kws_export.cli`` alone asks for the files.
+"""
 
 from __future__ import annotations
 
@@ -60,17 +66,20 @@ CKPT = click.option("--ckpt", required=True, type=click.Path(),
 @click.option("--int8-mode", type=click.Choice(["static", "weights"]), default="static", show_default=True,
               help="static: calibrated QDQ, int8 arithmetic; weights: int8 storage, float32 arithmetic "
                    "(no calibration, exact to the rounded weights, fastest for small models).")
-@click.option("--calib", type=click.Path(), default=None, help="Directory of calibration wavs for --int8 (default: a small corpus synthesized on the fly).")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Directory of calibration wavs for static --int8 (default: a small corpus synthesized on the fly).")
 @click.option("--chunk-ms", type=float, default=None, help="Audio per call, a multiple of the step (default: one step, 80 ms).")
 @click.option("--window-ms", type=float, default=None, help="Attention window (default: the training clip, 1 s = 11 steps).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-21).")
 @STRIDE
-def onnx_cmd(ckpt, output, streaming, int8, int8_mode, calib, chunk_ms, window_ms, opset, stride) -> None:
+@click.pass_obj
+def onnx_cmd(obj, ckpt, output, streaming, int8, int8_mode, calib, chunk_ms, window_ms, opset, stride) -> None:
     """Export to ONNX (log-mel frontend inside the graph, kws.* metadata)."""
     from kws_export.export_onnx import export_onnx_file
 
     desc = export_onnx_file(ckpt, output, streaming=streaming, int8=int8, calib=calib, chunk_ms=chunk_ms,
-                            window_ms=window_ms, opset=opset, stride=stride, int8_mode=int8_mode)
+                            window_ms=window_ms, opset=opset, stride=stride, int8_mode=int8_mode,
+                            speech=_speech(obj))
     click.echo(json.dumps(desc, indent=2, default=str))
 
 
@@ -102,7 +111,8 @@ def torchscript_cmd(ckpt, output, streaming, window_ms, stride) -> None:
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the synthesized stream.")
 @click.option("--only", is_flag=True, help="Check only the files given, not their NAME.* siblings.")
 @STRIDE
-def verify_cmd(ckpt, onnx_paths, ts_paths, wavs, seconds, only, stride) -> int:
+@click.pass_obj
+def verify_cmd(obj, ckpt, onnx_paths, ts_paths, wavs, seconds, only, stride) -> int:
     """Run eager PyTorch and every export over the same audio; print a JSON parity report.
 
     Exit 1 when a pair is beyond tolerance (fp32: |dprob| <= 1e-5; int8: |dprob| <= 0.02 and
@@ -110,13 +120,20 @@ def verify_cmd(ckpt, onnx_paths, ts_paths, wavs, seconds, only, stride) -> int:
     0.02 from the threshold)."""
     from kws_export.verify import report_json, verify
 
-    report = verify(ckpt, list(onnx_paths), list(ts_paths), list(wavs), seconds=seconds, discover=not only, stride=stride)
+    report = verify(ckpt, list(onnx_paths), list(ts_paths), list(wavs), seconds=seconds, discover=not only, stride=stride,
+                    speech=_speech(obj))
     click.echo(report_json(report))
     return 0 if report["ok"] else 1
 
 
-def main(argv: list[str] | None = None) -> None:
-    run_click_and_exit(cli, "kws-export", argv)
+def _speech(obj):
+    return obj.get("speech") if isinstance(obj, dict) else None
+
+
+def main(argv: list[str] | None = None, speech=None) -> None:
+    """``speech``: an ``kws_export.audio.AudioSource`` for static int8 without --calib and
+    verify without --wav (None: those need the files)."""
+    run_click_and_exit(cli, "kws-export", argv, obj={"speech": speech})
 
 
 if __name__ == "__main__":

@@ -17,19 +17,19 @@ __all__ = ["Terminated", "run_click", "run_click_and_exit"]
 
 
 def run_click(group: click.Group, prog_name: str, argv: list[str] | None = None, *,
-              owns_process: bool = False) -> int:
+              owns_process: bool = False, obj=None) -> int:
     """Return the exit code; never lets a traceback reach the user unless KWS_DEBUG=1.
 
     SIGTERM while the command runs gives a clean exit 143 (see ``kws_export.console``).
     A caller that owns the process (a CLI's ``main``) keeps the handler installed after
     the command, so a late SIGTERM cannot kill it bare; an in-process caller gets its
-    previous handler back."""
+    previous handler back.  ``obj`` is the commands' ``click`` context object."""
     previous = None
     try:
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
             console.start()
-        return _run(group, prog_name, argv)
+        return _run(group, prog_name, argv, obj)
     except Terminated:
         print(f"{prog_name}: terminated", file=sys.stderr)
         return console.EXIT_TERMINATED
@@ -39,14 +39,14 @@ def run_click(group: click.Group, prog_name: str, argv: list[str] | None = None,
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_click_and_exit(group: click.Group, prog_name: str, argv: list[str] | None = None) -> None:
+def run_click_and_exit(group: click.Group, prog_name: str, argv: list[str] | None = None, obj=None) -> None:
     """A CLI's ``main``: run the command and exit with its status, SIGTERM-safe to the end."""
-    sys.exit(run_click(group, prog_name, argv, owns_process=True))
+    sys.exit(run_click(group, prog_name, argv, owns_process=True, obj=obj))
 
 
-def _run(group: click.Group, prog_name: str, argv: list[str] | None) -> int:
+def _run(group: click.Group, prog_name: str, argv: list[str] | None, obj=None) -> int:
     try:
-        rv = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        rv = group.main(args=argv, prog_name=prog_name, standalone_mode=False, obj=obj)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code

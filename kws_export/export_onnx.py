@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -29,6 +29,9 @@ from kws_export.frontend import _hz_to_mel_htk
 from kws_export.model import CRNN, count_parameters
 from kws_export.onnx_graph import Graph
 from kws_export.streaming import StreamSpec
+
+if TYPE_CHECKING:
+    from kws_export.audio import AudioSource
 
 FORMAT_VERSION = 1
 OPSETS = (17, 18, 19, 20, 21)
@@ -369,14 +372,18 @@ def export_graph(ckpt: Checkpoint, source: str | Path, streaming: bool, chunk_ms
 
 
 INT8_MODES = ("static", "weights")
+CALIBRATION_SECONDS = 30.0  # per stream, of an AudioSource's two (loud and near-silent): 750 steps
 
 
 def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = False, int8: bool = False,
                      calib: str | Path | None = None, chunk_ms: float | None = None, window_ms: float | None = None,
-                     opset: int = onnx_graph.OPSET, stride=None, seed: int = 0, int8_mode: str = "static") -> dict[str, Any]:
+                     opset: int = onnx_graph.OPSET, stride=None, seed: int = 0, int8_mode: str = "static",
+                     speech: AudioSource | None = None) -> dict[str, Any]:
     """``kws-export onnx``: load, build, (quantize), self-check, write atomically, describe.
     ``int8_mode``: "static" (calibrated QDQ, int8 arithmetic) or "weights" (int8 storage,
-    float32 arithmetic; see quantize.int8_weights)."""
+    float32 arithmetic; see quantize.int8_weights).  Static int8 calibrates on the wavs
+    under ``calib`` or, without it, on two 30 s streams from ``speech`` (``seed``); with
+    neither it is a one-line error."""
     from kws_export.checkpoint import load_checkpoint
     from kws_export.onnx_info import describe_onnx
 
@@ -388,6 +395,9 @@ def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = F
         raise KWSError(f"--int8-mode {int8_mode} applies to --int8: add --int8")
     if calib is not None and not (int8 and int8_mode == "static"):
         raise KWSError("--calib is calibration audio for --int8 (static mode)")
+    if int8 and int8_mode == "static" and calib is None and speech is None:
+        raise KWSError("static --int8 needs calibration audio: pass --calib DIR of wavs "
+                       "(or --int8-mode weights, which needs none)")
     check_writable(out)
     ckpt = load_checkpoint(ckpt_path, stride)
     if ckpt.is_embedding:
@@ -399,12 +409,15 @@ def export_onnx_file(ckpt_path: str | Path, out: str | Path, streaming: bool = F
 
         proto = int8_weights(proto)
     elif int8:
-        from kws_export import quantize
+        rate = ckpt.config.sample_rate
+        if calib is not None:
+            from kws_export.quantize import wav_streams
 
-        keyword = str(ckpt.metadata.get("keyword", ckpt.config.keyword))
-        audio = quantize.calibration_audio(calib, keyword, ckpt.config.sample_rate, seed)
-        proto = quantize.int8_streaming(ckpt.build_model(), layout, proto, audio,
-                                        "wav files" if calib is not None else "synthesized speech")
+            audio, source = wav_streams(calib, rate), "wav files"
+        else:
+            keyword = str(ckpt.metadata.get("keyword", ckpt.config.keyword))
+            audio, source = speech.streams(keyword, rate, CALIBRATION_SECONDS, seed), speech.name
+        proto = int8_streaming(ckpt.build_model(), layout, proto, audio, source)
     save_onnx(onnx_graph.compact(proto), out)
     return describe_onnx(out)
 
@@ -433,10 +446,30 @@ def _export_embedding(ckpt: Checkpoint, source, out, streaming: bool, int8: bool
     return describe_onnx(out)
 
 
+def int8_streaming(model: CRNN, layout: StreamLayout, fp32: onnx.ModelProto, audio, source: str) -> onnx.ModelProto:
+    """The static int8 streaming step: calibrate on ``audio`` (a list of streams) with the
+    float32 graph's real states, rebuild the graph with the two-pass GRU input, quantize."""
+    from kws_export import quantize
+
+    feeds = quantize.record_feeds(fp32, audio)
+    feat_quant = quantize.uint8_params(*quantize.feature_bounds(model))
+    graph = build_streaming(model, layout, feat_quant)
+    graph.metadata_props.extend(fp32.metadata_props)
+    graph = finalize(graph, max(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")))
+    q = quantize.quantize_streaming(graph, feeds)
+    q.metadata_props.append(onnx.StringStringEntryProto(key="kws.quantization", value=json.dumps({
+        "format": "QDQ", "weights": "int8, per output channel", "activations": "uint8, per tensor",
+        "int8": "GRU cells (input in two passes), attention energy, classifier",
+        "float32": "log-mel frontend, conv, gate arithmetic, attention pooling",
+        "calibration": source, "calibration_steps": len(feeds),
+    }, sort_keys=True)))
+    return q
+
+
 def _self_check(proto: onnx.ModelProto, model: CRNN, layout: StreamLayout | None) -> None:
     """Run 2 s of a chirp in noise through the graph and PyTorch: an exporter bug must
     never reach a file.  (kws-export verify is the thorough, user-facing check.)"""
-    from kws_export.quantize import run_stream, session
+    from kws_export.onnx_run import run_stream, session
 
     sr = model.config.sample_rate
     t = np.arange(2 * sr) / sr

@@ -49,6 +49,13 @@ class OfflineProb(nn.Module):
         return torch.softmax(self.classifier(context), dim=-1)[:, 1]
 
 
+def _shape(dims: List[int]) -> str:
+    """A shape as Python prints a tuple: (1, 8), (5,)."""
+    if len(dims) == 1:
+        return "({},)".format(dims[0])
+    return "(" + ", ".join([str(d) for d in dims]) + ")"
+
+
 class StreamingStep(nn.Module):
     """``init_state`` / ``step`` of docs/streaming.md with the model's weights baked in."""
 
@@ -76,9 +83,33 @@ class StreamingStep(nn.Module):
         return state
 
     @torch.jit.export
+    def check(self, chunk: Tensor, state: Dict[str, Tensor]) -> str:
+        """What is wrong with ``chunk`` or ``state`` in one line (the eager model's words), or
+        "" when ``step`` can take them.  The attention ring's length (dim 1 of att_*) is the
+        window the state was made with."""
+        if chunk.dim() != 2 or chunk.shape[-1] == 0 or chunk.shape[-1] % self.step_samples != 0:
+            return "a streaming chunk must be (batch, k * {}) samples, got {}".format(self.step_samples, _shape(chunk.shape))
+        window = -1
+        if "att_energy" in state and state["att_energy"].dim() == 2:
+            window = state["att_energy"].shape[1]
+        for name, shape in zip(self.state_names, self.state_shapes):
+            want = [chunk.shape[0]] + shape
+            if name.startswith("att_") and window >= 0:
+                want[1] = window
+            if name not in state:
+                return "streaming state is missing {} (expected shape {})".format(name, _shape(want))
+            got = state[name].shape
+            if got != want:
+                return "streaming state {} has shape {}, expected {}".format(name, _shape(got), _shape(want))
+        return ""
+
+    @torch.jit.export
     def step(self, chunk: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        if chunk.dim() != 2 or chunk.shape[1] == 0 or chunk.shape[1] % self.step_samples != 0:
-            raise ValueError("chunk must be (batch, k * step_samples) float32 samples")
+        problem = self.check(chunk, state)
+        if problem != "":
+            # TorchScript prefixes its interpreter traceback; the error's last line is this one
+            # (``checked_step`` raises it alone)
+            raise ValueError(problem)
         return streaming.step(chunk, state, self.p, self.n_fft, self.hop, self.stride, self.layers)
 
     def forward(self, chunk: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -120,3 +151,26 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
 
 def is_streaming(module: torch.jit.ScriptModule) -> bool:
     return hasattr(module, "init_state") and hasattr(module, "step")
+
+
+def checked_step(module: torch.jit.ScriptModule, chunk: Tensor, state: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """``module.step(chunk, state)`` of a streaming TorchScript file, a wrong chunk or state
+    refused with a one-line KWSError naming it.  (A scripted ``raise`` reaches Python as
+    ``torch.jit.Error`` with the interpreter's traceback before the message; files made
+    before ``check`` existed are reduced to that message too.)"""
+    if hasattr(module, "check"):
+        problem = module.check(chunk, state)
+        if problem:
+            raise KWSError(problem)
+    try:
+        return module.step(chunk, state)
+    except torch.jit.Error as exc:
+        raise KWSError(interpreter_message(exc)) from None
+
+
+def interpreter_message(exc: BaseException) -> str:
+    """The one line a TorchScript error is about: its last line, less the exception's type."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1].endswith(("Error", "Exception")) else last

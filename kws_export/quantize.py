@@ -15,13 +15,14 @@ Gemm outputs stay float32 too (QGemm with a float output): re-quantizing gate
 pre-activations would add a second rounding.
 
 Calibration feeds real stream states: the float32 graph is run step by step over the
-calibration audio and every step's chunk and incoming states are recorded.
+calibration audio and every step's chunk and incoming states are recorded.  That audio is
+an input: a folder of wavs (``wav_streams``) or streams an ``AudioSource`` made (the
+installed ``kws-export`` passes training's synthesized speech); nothing here makes audio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -32,50 +33,10 @@ import onnx
 
 from kws_export import onnx_graph
 from kws_export.errors import KWSError
+from kws_export.onnx_run import run_stream, session, stream_states  # noqa: F401 (stream_states: part of this API)
 
 QUANTIZED_OPS = ["Gemm", "MatMul"]
 FLOAT_PREFIXES = (onnx_graph.FRONTEND_TAG, onnx_graph.FLOAT_TAG)
-
-
-# Running a streaming graph ------------------------------------------------------------------
-def session(model: onnx.ModelProto | str | Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def stream_states(sess) -> list[dict]:
-    """``kws.states`` of a streaming session (name, shape, init)."""
-    import json
-
-    meta = sess.get_modelmeta().custom_metadata_map
-    if "kws.states" not in meta:
-        raise KWSError("not a kws-edge streaming model (no kws.states metadata)")
-    return json.loads(meta["kws.states"])
-
-
-def run_stream(sess, audio: np.ndarray, record: list | None = None) -> np.ndarray:
-    """P(keyword) per step over ``audio`` (whole chunks only), from the initial state.
-    With ``record``, appends every call's input feed (chunk + incoming states)."""
-    states = stream_states(sess)
-    chunk = int(sess.get_inputs()[[i.name for i in sess.get_inputs()].index("audio")].shape[1])
-    state = {s["name"]: np.full(s["shape"], s["init"], np.float32) for s in states}
-    names = [o.name for o in sess.get_outputs()]
-    audio = np.asarray(audio, np.float32).reshape(-1)
-    probs = []
-    for start in range(0, len(audio) - chunk + 1, chunk):
-        feed = {"audio": audio[None, start:start + chunk], **state}
-        if record is not None:
-            record.append(feed)
-        out = dict(zip(names, sess.run(None, feed)))
-        probs.append(out["prob"])
-        state = {name: out[name + "_next"] for name in state}
-    return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
 
 # Calibration ---------------------------------------------------------------------------------
@@ -90,71 +51,6 @@ def wav_streams(calib_dir: str | Path, sample_rate: int) -> list[np.ndarray]:
     if not wavs:
         raise KWSError(f"{root}: no .wav files to calibrate with")
     return [read_wav(p, sample_rate)[0] for p in wavs]
-
-
-# Words for the small on-the-fly corpus: Speech Commands words of varied phonetics (the
-# synthesizer adds keyword-derived confusables itself).
-SYNTH_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "marvin", "seven")
-
-
-@functools.lru_cache(maxsize=4)
-def _synthetic_corpus(keyword: str, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-    """Clips, labels and background noises of a small corpus made with training.synth
-    (every clip rendered in a fresh process, so the bytes depend on the seed only)."""
-    try:
-        from training import synth
-    except ImportError as exc:  # the training package ships with kws-edge; a stripped install may lack it
-        raise KWSError(f"cannot synthesize calibration audio ({exc}): pass --calib DIR of wavs") from None
-    from kws_export.audio import read_wav
-
-    with tempfile.TemporaryDirectory(prefix="kws-calib-") as tmp:
-        try:
-            root = synth.synth_corpus(Path(tmp) / "corpus", keyword, per_word=2, keyword_count=16, seed=seed, workers=2,
-                                      force=True, progress=False, words=SYNTH_WORDS, max_confusables=4, noise_seconds=20.0)
-        except KWSError as exc:
-            raise KWSError(f"cannot synthesize calibration audio ({exc}); pass --calib DIR of wavs") from None
-        noise_dir = root / synth.NOISE_FOLDER
-        clips, labels = [], []
-        for wav in sorted(root.rglob("*.wav")):
-            if wav.parent == noise_dir:
-                continue
-            clips.append(read_wav(wav, synth.SAMPLE_RATE)[0])
-            labels.append(int(wav.parent.name == synth.slug(keyword)))
-        noises = tuple(read_wav(w, synth.SAMPLE_RATE)[0] for w in sorted(noise_dir.glob("*.wav")))
-    n = max(len(c) for c in clips)
-    waves = np.stack([np.pad(c, (0, n - len(c))) for c in clips]).astype(np.float32)
-    return waves, np.asarray(labels), noises
-
-
-def synthetic_streams(keyword: str, sample_rate: int, seconds: float = 30.0, seed: int = 0) -> list[np.ndarray]:
-    """Two streams from a small synthetic corpus made on the fly (training.synth and
-    training.streams): the keyword every few seconds among other words, one over a noise
-    bed at 10-30 dB SNR and one nearly clean (35-60 dB), so calibration sees loud and
-    near-silent frames alike."""
-    from training.streams import make_stream
-
-    waves, labels, noises = _synthetic_corpus(" ".join(keyword.split()), seed)
-    out = []
-    for i, snr in enumerate(((10.0, 30.0), (35.0, 60.0))):
-        audio, _ = make_stream((waves, labels), duration_s=seconds, keyword_every_s=3.0, seed=seed * 7 + i,
-                               noises=list(noises), snr_db=snr, gap_s=(0.1, 1.0))
-        if sample_rate != 16000:
-            from kws_export.audio import resample
-
-            audio = resample(audio, 16000, sample_rate)
-        out.append(audio.astype(np.float32))
-    return out
-
-
-def synthetic_stream(keyword: str, sample_rate: int, seconds: float = 40.0, seed: int = 0) -> np.ndarray:
-    """One stream of ``seconds``: the noisy and the clean synthetic stream back to back."""
-    return np.concatenate(synthetic_streams(keyword, sample_rate, seconds / 2, seed))
-
-
-def calibration_audio(calib: str | Path | None, keyword: str, sample_rate: int, seed: int = 0) -> list[np.ndarray]:
-    if calib is not None:
-        return wav_streams(calib, sample_rate)
-    return synthetic_streams(keyword, sample_rate, seed=seed)
 
 
 def record_feeds(fp32: onnx.ModelProto, streams: Iterable[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -224,28 +120,6 @@ def feature_bounds(model) -> tuple[float, float]:
     hi = b + (w.clamp(min=0) * top + w.clamp(max=0) * low).sum(dim=1)
     lo = b + (w.clamp(min=0) * low + w.clamp(max=0) * top).sum(dim=1)
     return float(lo.min()), float(hi.max())
-
-
-def int8_streaming(model, layout, fp32: onnx.ModelProto, audio: Sequence[np.ndarray], source: str) -> onnx.ModelProto:
-    """The int8 streaming step: calibrate on ``audio`` with the float32 graph's real states,
-    rebuild the graph with the two-pass GRU input, quantize."""
-    import json
-
-    from kws_export.export_onnx import build_streaming, finalize
-
-    feeds = record_feeds(fp32, audio)
-    feat_quant = uint8_params(*feature_bounds(model))
-    graph = build_streaming(model, layout, feat_quant)
-    graph.metadata_props.extend(fp32.metadata_props)
-    graph = finalize(graph, max(o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")))
-    q = quantize_streaming(graph, feeds)
-    q.metadata_props.append(onnx.StringStringEntryProto(key="kws.quantization", value=json.dumps({
-        "format": "QDQ", "weights": "int8, per output channel", "activations": "uint8, per tensor",
-        "int8": "GRU cells (input in two passes), attention energy, classifier",
-        "float32": "log-mel frontend, conv, gate arithmetic, attention pooling",
-        "calibration": source, "calibration_steps": len(feeds),
-    }, sort_keys=True)))
-    return q
 
 
 def pinned_scales(model: onnx.ModelProto) -> dict[str, list[dict]]:

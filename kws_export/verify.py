@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch
 from kws_export.checkpoint import Checkpoint, load_checkpoint
 from kws_export.errors import KWSError
 from kws_export.model import CRNN
+
+if TYPE_CHECKING:
+    from kws_export.audio import AudioSource
 
 FP32_TOL = 1e-5
 COURSE_TOL = 1e-4          # a course TorchScript computes its STFT with torch.stft, we with rfft
@@ -39,15 +42,17 @@ class Runner:
 
 
 # Audio -------------------------------------------------------------------------------------------
-def verification_audio(wavs: list[str], sample_rate: int, keyword: str, seconds: float, seed: int) -> tuple[list[np.ndarray], Any]:
+def verification_audio(wavs: list[str], sample_rate: int, keyword: str, seconds: float, seed: int,
+                       speech: AudioSource | None = None) -> tuple[list[np.ndarray], Any]:
+    """The wavs given, or ``seconds`` of streams from ``speech`` (split in two)."""
     if wavs:
         from kws_export.audio import read_wav
 
         return [read_wav(w, sample_rate)[0] for w in wavs], [str(w) for w in wavs]
-    from kws_export.quantize import synthetic_streams
-
-    streams = synthetic_streams(keyword, sample_rate, seconds=seconds / 2, seed=seed)
-    return streams, f"synthesized ({len(streams)} streams, {seconds:g} s, seed {seed})"
+    if speech is None:
+        raise KWSError("no audio to verify on: pass --wav FILE")
+    streams = speech.streams(keyword, sample_rate, seconds / 2, seed)
+    return streams, f"{speech.name} ({len(streams)} streams, {seconds:g} s, seed {seed})"
 
 
 def clips(audio: np.ndarray, clip_samples: int) -> np.ndarray:
@@ -85,7 +90,7 @@ def eager_offline(model: CRNN) -> Callable[[np.ndarray], np.ndarray]:
 
 def onnx_runner(path: str) -> Runner:
     from kws_export.onnx_info import check_kws_export, load_onnx_model
-    from kws_export.quantize import run_stream, session
+    from kws_export.onnx_run import run_stream, session
 
     check_kws_export(load_onnx_model(path), path)
     try:
@@ -111,7 +116,7 @@ def _is_quantized(path: str) -> bool:
 
 
 def torchscript_runner(path: str, name: str | None = None) -> Runner:
-    from kws_export.export_torchscript import is_streaming, load_torchscript
+    from kws_export.export_torchscript import checked_step, is_streaming, load_torchscript
 
     module = load_torchscript(path)
     name = name or Path(path).name
@@ -124,7 +129,7 @@ def torchscript_runner(path: str, name: str | None = None) -> Runner:
             probs = []
             with torch.no_grad():
                 for start in range(0, len(x) - step_samples + 1, step_samples):
-                    p, state = module.step(x[None, start:start + step_samples], state)
+                    p, state = checked_step(module, x[None, start:start + step_samples], state)
                     probs.append(p[0].numpy())
             return np.concatenate(probs) if probs else np.zeros(0, np.float32)
         return Runner(name, str(path), "stream", False, run_stream)
@@ -169,7 +174,9 @@ def compare(a: np.ndarray, b: np.ndarray, threshold: float, int8: bool, tol: flo
 
 
 def verify(ckpt_path: str, onnx_paths: list[str] = (), ts_paths: list[str] = (), wavs: list[str] = (),
-           seconds: float = 30.0, seed: int = 1, discover: bool = True, stride=None) -> dict[str, Any]:
+           seconds: float = 30.0, seed: int = 1, discover: bool = True, stride=None,
+           speech: AudioSource | None = None) -> dict[str, Any]:
+    """The parity report; without ``wavs`` it runs ``seconds`` of ``speech`` (an error without either)."""
     ckpt: Checkpoint = load_checkpoint(ckpt_path, stride)
     model = ckpt.build_model()
     cfg = ckpt.config
@@ -190,7 +197,7 @@ def verify(ckpt_path: str, onnx_paths: list[str] = (), ts_paths: list[str] = (),
     window_ms = stream_meta[0]["kws.window_ms"] if stream_meta else None
     threshold = float(stream_meta[0]["kws.threshold"]) if stream_meta else float(ckpt.metadata.get("threshold", 0.5))
     keyword = str(ckpt.metadata.get("keyword", cfg.keyword))
-    streams, source = verification_audio(list(wavs), cfg.sample_rate, keyword, seconds, seed)
+    streams, source = verification_audio(list(wavs), cfg.sample_rate, keyword, seconds, seed, speech)
 
     eager_s = eager_stream(model, 1, float(window_ms) if window_ms is not None else None)
     eager_o = eager_offline(model)

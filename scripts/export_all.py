@@ -4,7 +4,7 @@
 For each checkpoints/NAME.pt this writes
     exported/NAME.onnx              offline clip model   (audio [batch, samples] -> prob [batch])
     exported/NAME.stream.onnx       streaming step, float32
-    exported/NAME.stream.int8.onnx  streaming step, static int8 (default synthesized calibration)
+    exported/NAME.stream.int8.onnx  streaming step, static int8 (calibrated on synthesized speech)
     exported/NAME.stream.int8w.onnx streaming step, int8 weights / float32 arithmetic, 4 steps
                                     (320 ms) per call: the runtime's fastest file
     exported/NAME.ts                TorchScript, a drop-in for the course's stream.py
@@ -30,12 +30,13 @@ def export_one(ckpt: Path, out_dir: Path) -> list[Path]:
     from kws_export.config import FAST_CHUNK_MS
     from kws_export.export_onnx import export_onnx_file
     from kws_export.export_torchscript import export_torchscript
+    from training.speech import SYNTHESIZED
 
     name = ckpt.stem
     paths = [out_dir / f"{name}{suffix}" for suffix in SUFFIXES]
     export_onnx_file(ckpt, paths[0])
     export_onnx_file(ckpt, paths[1], streaming=True)
-    export_onnx_file(ckpt, paths[2], streaming=True, int8=True)
+    export_onnx_file(ckpt, paths[2], streaming=True, int8=True, speech=SYNTHESIZED)
     export_torchscript(load_checkpoint(ckpt).build_model(), paths[3])
     export_onnx_file(ckpt, paths[4], streaming=True, int8=True, int8_mode="weights", chunk_ms=FAST_CHUNK_MS)
     return paths
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export_all: {ckpt.name} -> {sizes} ({time.perf_counter() - start:.1f} s)")
             if args.verify:
                 from kws_export.verify import verify
+                from training.speech import SYNTHESIZED
 
-                report = verify(str(ckpt), [str(paths[1])], [str(paths[3])], discover=True)
+                report = verify(str(ckpt), [str(paths[1])], [str(paths[3])], discover=True, speech=SYNTHESIZED)
                 worst = {f"{p['a']} vs {p['b']}": round(p["max_abs_diff"], 7) for p in report["pairs"]}
                 print(f"export_all: verify {ckpt.stem}: {'ok' if report['ok'] else 'FAILED'} {worst}")
                 if not report["ok"]:

@@ -122,9 +122,9 @@ def test_spec_augment_masks_bands_with_the_mean():
 def test_full_chain_is_fast_on_a_cpu_batch():
     x = words(8).repeat(32, 1)  # 256 x 16000
     aug = Augmenter(AugmentConfig(reverb_prob=0.5), [np.random.default_rng(0).standard_normal(60 * SR).astype(np.float32)])
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: what the chain costs, whatever else the machine runs
     y = aug.waves(x)
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
     assert y.shape == x.shape and torch.isfinite(y).all() and y.abs().max() <= 1.0
 
 

@@ -74,9 +74,9 @@ def test_au_fa_fr_is_fast_on_a_large_set():
     rng = np.random.default_rng(0)
     labels = rng.random(1_000_000) < 0.1
     probs = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: what it costs, whatever else the machine runs
     value = au_fa_fr(probs, labels.astype(int))
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
     assert 0.0 < value < 0.1
 
 

@@ -27,8 +27,11 @@ from kws_export.export_onnx import export_onnx_file
 from kws_export.export_torchscript import export_torchscript
 from kws_export.model import CRNN
 from kws_export.onnx_info import describe_onnx, kws_metadata
-from kws_export.quantize import record_feeds, run_stream, session, stream_states
+from kws_export.onnx_run import run_stream, session, stream_states
+from kws_export.quantize import record_feeds
 from kws_export.verify import INT8_AGREEMENT, INT8_MAX_DIFF
+from training import export_cli
+from training.speech import SYNTHESIZED
 
 SR = 16000
 STEP = 1280
@@ -87,6 +90,16 @@ def step_labels(ends, steps):
     return y
 
 
+def agreement_outside_margin(ref: np.ndarray, got: np.ndarray, threshold: float = 0.5) -> float:
+    """Decision agreement, as `kws-export verify` holds int8 to it, on the steps whose
+    reference is more than INT8_MAX_DIFF from the threshold: a step within the |dprob|
+    allowance of it may flip within tolerance (this stream has a few there, e.g. 0.496 vs
+    0.505, and which of them flip moves with any change of rounding)."""
+    clear = np.abs(ref - threshold) > INT8_MAX_DIFF
+    assert clear.mean() > 0.95  # the margin excuses a handful of steps, not the stream
+    return float(np.mean((ref[clear] >= threshold) == (got[clear] >= threshold)))
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A small streaming CRNN fitted on synthesized speech (about ten seconds of CPU)."""
@@ -113,7 +126,7 @@ def fitted(tmp_path_factory):
     kw2, neg2 = utterances(lambda n: range(n // 48, n, max(1, n // 20))[:20], seed=1, n_kw=16, n_neg=32)
     audio, ends = make_stream(kw2, neg2, 120.0, seed=123)
     export_onnx_file(d / "fit.pt", d / "fit.stream.onnx", streaming=True)
-    export_onnx_file(d / "fit.pt", d / "fit.stream.int8.onnx", streaming=True, int8=True)
+    export_onnx_file(d / "fit.pt", d / "fit.stream.int8.onnx", streaming=True, int8=True, speech=SYNTHESIZED)
     return d, model, audio, ends
 
 
@@ -133,7 +146,7 @@ def test_int8_agrees_with_fp32_on_held_out_speech(fitted):
     fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
     int8 = run_stream(session(d / "fit.stream.int8.onnx"), audio)
     assert len(fp32) == len(int8) == 1500
-    assert np.mean((fp32 >= 0.5) == (int8 >= 0.5)) >= INT8_AGREEMENT
+    assert agreement_outside_margin(fp32, int8) >= INT8_AGREEMENT
     assert np.abs(fp32 - int8).max() <= INT8_MAX_DIFF
     assert np.abs(fp32 - int8).max() > 0  # it is a different computation
 
@@ -159,6 +172,7 @@ def test_int8_graph_quantizes_the_gru_and_leaves_the_frontend(fitted):
     assert desc["int8_products"] == 7
     quant = kws_metadata(model)["kws.quantization"]
     assert quant["format"] == "QDQ" and quant["calibration_steps"] == 2 * 375  # two 30 s synthesized streams
+    assert quant["calibration"] == "synthesized speech"
     assert desc["size_bytes"] < 20_000  # the student-sized int8 step fits the 20 KB budget
 
 
@@ -188,7 +202,7 @@ def test_int8_weights_agree_with_fp32_on_held_out_speech(fitted, weights_int8):
     fp32 = run_stream(session(d / "fit.stream.onnx"), audio)
     w8 = run_stream(session(path), audio)
     assert len(w8) == 1500
-    assert np.mean((fp32 >= 0.5) == (w8 >= 0.5)) >= INT8_AGREEMENT
+    assert agreement_outside_margin(fp32, w8) >= INT8_AGREEMENT
     assert 0 < np.abs(fp32 - w8).max() <= INT8_MAX_DIFF
 
 
@@ -285,6 +299,24 @@ def test_calibration_from_a_wav_directory(fitted, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_kws_export_alone_asks_for_the_audio_it_cannot_make(fitted, tmp_path, capsys):
+    """kws_export makes no audio: without an AudioSource, static int8 needs --calib and
+    verify needs --wav, each a one-line error that says so (nothing written)."""
+    d, _, _, _ = fitted
+    with pytest.raises(KWSError, match=r"static --int8 needs calibration audio: pass --calib DIR") as err:
+        export_onnx_file(d / "fit.pt", tmp_path / "x.onnx", streaming=True, int8=True)
+    assert "\n" not in str(err.value)
+    assert run_click(cli, "kws-export", ["onnx", "--ckpt", str(d / "fit.pt"), "--streaming", "--int8",
+                                         "-o", str(tmp_path / "x.onnx")]) == 2
+    assert run_click(cli, "kws-export", ["verify", "--ckpt", str(d / "fit.pt"), "--onnx", str(d / "fit.stream.onnx"),
+                                         "--only"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["kws-export: error: static --int8 needs calibration audio: pass --calib DIR of wavs "
+                   "(or --int8-mode weights, which needs none)",
+                   "kws-export: error: no audio to verify on: pass --wav FILE"]
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_verify_passes_on_faithful_exports(fitted, capsys):
     d, model, audio, _ = fitted
     export_onnx_file(d / "fit.pt", d / "fit.onnx")
@@ -300,7 +332,10 @@ def test_verify_passes_on_faithful_exports(fitted, capsys):
     assert pairs[("torch offline", "fit.onnx")]["max_abs_diff"] <= 1e-5
     assert pairs[("torch offline", "fit.ts")]["max_abs_diff"] <= 1e-5
     int8 = pairs[("fit.stream.onnx", "fit.stream.int8.onnx")]
-    assert int8["agreement"] >= 0.999 and int8["max_abs_diff"] <= 0.02 and int8["outputs"] == 250
+    # decisions held as verify holds them: outside the |dprob| margin (two steps of this
+    # stream sit within 0.004 of the threshold, where any rounding may flip them)
+    assert int8["agreement_outside_margin"] >= 0.999 and int8["max_abs_diff"] <= 0.02 and int8["outputs"] == 250
+    assert int8["steps_within_margin"] < 0.05 * int8["outputs"]
 
 
 def test_verify_fails_beyond_tolerance(fitted, tmp_path, capsys):
@@ -310,8 +345,8 @@ def test_verify_fails_beyond_tolerance(fitted, tmp_path, capsys):
     with torch.no_grad():
         other.classifier.bias[1] += 0.05  # a small but real difference (0.05 of logit)
     save_checkpoint(tmp_path / "other.pt", other)
-    code = run_click(cli, "kws-export", ["verify", "--ckpt", str(tmp_path / "other.pt"), "--onnx",
-                                         str(d / "fit.stream.onnx"), "--only", "--seconds", "5"])
+    code = export_cli.run(["verify", "--ckpt", str(tmp_path / "other.pt"), "--onnx", str(d / "fit.stream.onnx"),
+                           "--only", "--seconds", "5"])
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["ok"] is False and report["audio"].startswith("synthesized")
     assert report["pairs"][0]["max_abs_diff"] > 1e-5 and report["stream_steps"] == 62
@@ -342,7 +377,7 @@ def test_verify_aligns_multi_step_exports_stream_by_stream(fitted, tmp_path):
     d, _, _, _ = fitted
     for name, kw in (("fit.stream.onnx", {}), ("fit.stream.int8w.onnx", {"int8": True, "int8_mode": "weights"})):
         export_onnx_file(d / "fit.pt", tmp_path / name, streaming=True, chunk_ms=240.0, **kw)
-    report = verify(str(d / "fit.pt"), [str(tmp_path / "fit.stream.onnx")], seconds=10.0)
+    report = verify(str(d / "fit.pt"), [str(tmp_path / "fit.stream.onnx")], seconds=10.0, speech=SYNTHESIZED)
     assert report["ok"], report["pairs"]
     assert len(report["pairs"]) == 3 and all(p["outputs"] > 0 for p in report["pairs"])
     pairs = {(p["a"], p["b"]): p for p in report["pairs"]}

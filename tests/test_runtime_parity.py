@@ -130,13 +130,21 @@ def test_int8_runtime_agrees_on_decisions(tmp_path):
     """As `kws-export verify` checks int8: a plain tiny random model (an unscaled classifier,
     so quantization is judged on realistic logits), a synthesized speech stream other than
     the calibration one, decisions at the model's threshold."""
-    from kws_export.quantize import synthetic_stream
+    import soundfile as sf
+
+    from training.speech import synthetic_stream, synthetic_streams
 
     torch.manual_seed(0)
     model = CRNN(CRNNConfig(channels=2, hidden=8, gru_layers=2)).eval()
     ckpt = tmp_path / "plain.pt"
     save_checkpoint(ckpt, model)
-    int8 = Detector(export(ckpt, tmp_path / "plain.int8.onnx", "--int8"))
+    # the default calibration of the installed command (seed 0), as float wavs: the same audio
+    # whichever `kws-export` the environment installed (with or without synthesized speech)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, stream in enumerate(synthetic_streams(model.config.keyword, RATE, 30.0, 0)):
+        sf.write(calib / f"{i}.wav", stream, RATE, subtype="FLOAT")
+    int8 = Detector(export(ckpt, tmp_path / "plain.int8.onnx", "--int8", "--calib", str(calib)))
     assert any(k.startswith("kws.quant") for k in int8.metadata)
     audio = synthetic_stream(int8.keyword, RATE, seconds=20.0, seed=1)
     feed_in_random_blocks(int8, audio, seed=3)
