@@ -132,8 +132,10 @@ def test_export_refuses_what_the_embedding_model_cannot_be(model, tmp_path):
     save_checkpoint(ckpt, model)
     with pytest.raises(KWSError, match="streaming step only"):
         export_onnx_file(ckpt, tmp_path / "o.onnx")
+    from training.speech import SYNTHESIZED
+
     with pytest.raises(KWSError, match="static int8"):
-        export_onnx_file(ckpt, tmp_path / "o.onnx", streaming=True, int8=True)
+        export_onnx_file(ckpt, tmp_path / "o.onnx", streaming=True, int8=True, speech=SYNTHESIZED)
     with pytest.raises(KWSError, match="--chunk-ms"):
         export_onnx_file(ckpt, tmp_path / "o.onnx", streaming=True, chunk_ms=320)
     assert not (tmp_path / "o.onnx").exists()
