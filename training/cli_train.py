@@ -159,12 +159,31 @@ TEACHER_ARCH = {"channels": 8, "hidden": 64, "gru_layers": 2, "kernel": (5, 20),
 STUDENT_ARCH = {"channels": 4, "hidden": 16, "gru_layers": 1, "kernel": (5, 20), "stride": (4, 8)}
 
 
+EMBEDDING_DEFAULTS = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-2}
+CRNN_DEFAULTS = {"epochs": 60, "lr": 3e-4, "weight_decay": 1e-5}
+
+
 @click.command("teacher", context_settings=CONTEXT)
 @data_options
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint to write.")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--arch", type=click.Choice(["crnn", "embedding"]), default="crnn", show_default=True,
+              help="crnn: the seminar CRNN; embedding: Google's frozen speech embedding + a small trained head "
+                   "(generalizes from synthetic to real speech; docs/training.md).")
+@click.option("--epochs", type=int, default=None, help="Default: 60 (crnn), 10 (embedding).")
+@click.option("--lr", type=float, default=None, help="Default: 3e-4 (crnn), 1e-3 (embedding).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--views", type=int, default=2, show_default=True,
+              help="embedding: augmented 2 s windows per clip, embedded once and cached.")
+@click.option("--head-hidden", type=int, default=0, show_default=True,
+              help="embedding: hidden units of the head (0: linear; larger heads overfit the synthesizers).")
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="embedding: where cached embeddings go (default: DATA/.cache).")
+@click.option("--workers", type=int, default=None, help="embedding: processes computing embeddings (default: 2).")
+@click.option("--real", "real", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="embedding: measure on the real dev set (default ../shared/real) and choose the threshold on its "
+                   "stream (scored only, never trained on).")
+@click.option("--real-max-fa", type=float, default=0.5, show_default=True, metavar="FA_PER_H",
+              help="embedding with --real: the threshold is the lowest keeping the real stream within this many false alarms/h.")
 @click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
               help="Start from this checkpoint's weights (its architecture wins), e.g. to continue on a larger corpus.")
 @arch_options(TEACHER_ARCH)
@@ -176,10 +195,27 @@ def teacher(**kw):
     The best epoch on the validation split is kept in OUT; OUT.state makes the run
     resumable (--resume).  At the end the decision threshold is chosen on validation
     streams and the test split is evaluated into the checkpoint's metadata.
+
+    --arch embedding trains the speech-embedding teacher instead: embeddings of augmented
+    windows are computed once and cached, the head trains in seconds.
     """
+    argv = invocation()
+    defaults = EMBEDDING_DEFAULTS if kw["arch"] == "embedding" else CRNN_DEFAULTS
+    for k in ("epochs", "lr"):
+        if kw[k] is None:
+            kw[k] = defaults[k]
+    if kw["arch"] == "embedding":
+        from click.core import ParameterSource
+
+        if click.get_current_context().get_parameter_source("weight_decay") == ParameterSource.DEFAULT:
+            kw["weight_decay"] = defaults["weight_decay"]
+        from training.embedding_pipeline import run_embedding_teacher
+
+        run_embedding_teacher(kw, argv=argv)
+        return
     from training.pipeline import run_teacher
 
-    run_teacher(kw, argv=invocation())
+    run_teacher(kw, argv=argv)
 
 
 @click.command("distill", context_settings=CONTEXT)
