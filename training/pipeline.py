@@ -87,6 +87,15 @@ def open_corpus(root: Path, keyword: str | None, split_seed: int | None, sample_
         recipe["synth_command"] = (f"kws-train synth --keyword {shlex.quote(str(synth.get('keyword')))} --out {shlex.quote(str(root))} "
                                    f"--per-word {synth.get('per_word')} --keyword-count {synth.get('keyword_count')} "
                                    f"--seed {synth.get('seed')}")
+        phr = synth.get("phrases") if isinstance(synth.get("phrases"), dict) else {"count": 0}
+        recipe["synth_command"] += f" --phrases {int(phr.get('count') or 0)}"
+        if phr.get("count"):
+            recipe["synth_command"] += (f" --phrase-seconds {phr.get('seconds')} --near-fraction {phr.get('near_fraction')}"
+                                        f" --vocabulary {(phr.get('vocabulary') or {}).get('source', 'auto')}")
+        if synth.get("engines") and synth.get("engines") != ["espeak", "flite"]:
+            recipe["synth_command"] += f" --engines {','.join(synth['engines'])}"
+        if "holdout_engines" in synth:
+            recipe["synth_command"] += f" --holdout-engine {(synth['holdout_engines'] or ['none'])[0]}"
     from training.data import SpeechCommands
 
     ds = SpeechCommands(root, split="train", keyword=keyword, sample_rate=sample_rate, random_split_seed=split_seed)

