@@ -176,6 +176,8 @@ CRNN_DEFAULTS = {"epochs": 60, "lr": 3e-4, "weight_decay": 1e-5}
               help="embedding: augmented 2 s windows per clip, embedded once and cached.")
 @click.option("--head-hidden", type=int, default=0, show_default=True,
               help="embedding: hidden units of the head (0: linear; larger heads overfit the synthesizers).")
+@click.option("--negative-weight", type=float, default=3.0, show_default=True,
+              help="embedding: weight of the negatives relative to balanced classes (higher: fewer false alarms).")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="embedding: where cached embeddings go (default: DATA/.cache).")
 @click.option("--workers", type=int, default=None, help="embedding: processes computing embeddings (default: 2).")
@@ -234,6 +236,12 @@ def teacher(**kw):
               help="Start from this student checkpoint (its architecture wins) instead of random weights.")
 @click.option("--prune", type=float, default=0.0, show_default=True,
               help="Gradual magnitude pruning to this fraction of zero weights (0: off).")
+@click.option("--bank-sequences", type=int, default=300, show_default=True,
+              help="Embedding teacher: long augmented sequences the teacher scores once (the distillation bank).")
+@click.option("--seq-seconds", type=float, default=20.0, show_default=True, help="Embedding teacher: length of each sequence.")
+@click.option("--sequences", type=int, default=8, show_default=True, help="Embedding teacher: sequences per training step.")
+@click.option("--clip-weight", type=float, default=0.3, show_default=True,
+              help="Embedding teacher: weight of the hard clip loss beside the streaming losses.")
 @click.option("--prune-epochs", type=int, default=None, help="Epochs to reach the final sparsity (default: half of --epochs).")
 @arch_options(STUDENT_ARCH)
 @run_options

@@ -42,13 +42,19 @@ def _augment(kw: dict) -> AugmentConfig | None:
     return cfg
 
 
-def _split(corpus, split: str, sample_rate: int):
-    from training.data import SpeechCommands
+def _split(corpus, split: str, sample_rate: int, phrases: bool):
+    """The split's word clips and (``phrases``) its ``_phrases_/`` multi-word negatives."""
+    from training.data import SpeechCommands, load_phrases
 
     ds = SpeechCommands(corpus.root, split=split, keyword=corpus.keyword, sample_rate=sample_rate,
                         random_split_seed=corpus.split_seed)
     clips, labels = ds.load_all()
-    return list(clips), np.asarray(labels)
+    clips, labels = list(clips), list(labels)
+    if phrases and corpus.split_seed is None:  # phrases carry the corpus's own voice split
+        px, _ = load_phrases(corpus.root, split, sample_rate)
+        clips += list(px)
+        labels += [0] * len(px)
+    return clips, np.asarray(labels, dtype=np.int64)
 
 
 def clip_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -75,27 +81,28 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
     base_key = {"corpus": corpus_key(corpus.root), "keyword": corpus.keyword, "split_seed": corpus.split_seed,
                 "graphs": GRAPHS, "n_embeddings": config.n_embeddings}
 
-    def windows(split: str, rec: WindowRecipe, aug: AugmentConfig | None):
-        key = {**base_key, "split": split, "recipe": rec.key(), "augment": aug.to_dict() if aug else None}
+    def windows(split: str, rec: WindowRecipe, aug: AugmentConfig | None, phrases: bool):
+        key = {**base_key, "split": split, "recipe": rec.key(), "augment": aug.to_dict() if aug else None,
+               "phrases": phrases}
 
         def compute():
-            clips, labels = _split(corpus, split, config.sample_rate)
+            clips, labels = _split(corpus, split, config.sample_rate, phrases)
             log(f"teacher: embedding {len(clips) * rec.views} {split} windows ({workers} workers)")
             return embed_windows(clips, labels, corpus.noises, config, graphs, rec, aug, workers)
 
         return cached_embeddings(cache, key, compute)
 
-    x, y = windows("train", recipe, augment)
+    x, y = windows("train", recipe, augment, phrases=True)
     log(f"teacher: {len(y)} training windows ({int(y.sum())} keyword) after {time.perf_counter() - t0:.0f} s")
     torch.manual_seed(kw["seed"])
     model = EmbeddingKWS(config, graphs)
     history = train_head(model, x, y, epochs=kw["epochs"], lr=kw["lr"], weight_decay=kw["weight_decay"],
-                         seed=kw["seed"], log=None if kw["no_progress"] else (lambda m: log(f"teacher: {m}")))
+                         seed=kw["seed"], negative_weight=kw["negative_weight"], log=None if kw["no_progress"] else (lambda m: log(f"teacher: {m}")))
     clean = WindowRecipe(views=1, tail_s=(0.0, 0.0), context_prob=0.0, seed=kw["seed"])
     metrics: dict = {}
     with torch.no_grad():
         for split in ("validation", "test"):
-            xs, ys = windows(split, clean, None)
+            xs, ys = windows(split, clean, None, phrases=False)
             p = torch.sigmoid(model(torch.from_numpy(xs.astype(np.float32)))).numpy()
             metrics[split] = clip_figures(p, ys)
     threshold = float(max(0.5, min(0.999, metrics["validation"]["threshold_at_0.1pct_far"])))
@@ -114,6 +121,7 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
                         "training_windows": int(len(y)), "training_keyword_windows": int(y.sum())},
         "frozen_graphs": {name: {"sha256": digest, "from": GRAPH_SOURCE} for name, digest in GRAPHS.items()},
         "train": {"epochs": kw["epochs"], "lr": kw["lr"], "weight_decay": kw["weight_decay"], "seed": kw["seed"],
+                  "negative_weight": kw["negative_weight"],
                   "history": history},
         "command": command_line(argv), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),

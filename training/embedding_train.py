@@ -161,7 +161,7 @@ def train_head(model: EmbeddingKWS, x: np.ndarray, y: np.ndarray, *, epochs: int
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append({"epoch": epoch + 1, "loss": total / len(yt)})
         if log:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / len(yt):.4f}")

@@ -23,6 +23,7 @@ from kws_export.checkpoint import load_checkpoint, save_checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
 from kws_export.fileio import sha256_file
+from kws_export.embedding import EmbeddingKWS
 from kws_export.model import CRNN
 from training.distill import Distillation, MagnitudePruner
 from training.evaluate import LongStream, build_streams, evaluate_model, recommend_threshold
@@ -364,6 +365,8 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     corpus = _setup(kw, teacher.config.keyword)
     torch.manual_seed(kw["seed"])
     init, init_extra = _init_from(kw["init_path"])
+    if isinstance(teacher, EmbeddingKWS):
+        return _run_embedding_distill(kw, argv, teacher, parent, corpus, init, init_extra)
     if init is not None:
         model = init.build_model().train()
     else:
@@ -377,6 +380,34 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     objective = Distillation(teacher, augmenter, kw["temperature"], kw["alpha"], attention_weight, pruner)
     extra = {"parent_teacher": parent, **init_extra}
     return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "student", extra)
+
+
+def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, parent: dict, corpus: Corpus, init,
+                           init_extra: dict) -> dict:
+    """A CRNN student from the speech-embedding teacher: streaming distillation on a bank of
+    long augmented sequences whose teacher probabilities are computed once."""
+    from training.data import load_phrases
+    from training.embedding_distill import EmbeddingStreamKD, build_bank
+
+    if kw["attention_kd"] or kw["prune"] > 0:
+        raise KWSError("--attention-kd and --prune need a CRNN teacher (the embedding teacher has no attention to match)")
+    model = init.build_model().train() if init is not None else CRNN(_arch(kw, corpus.keyword))
+    augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
+    train = corpus.get("train", model.config)
+    phrases = None
+    if corpus.split_seed is None:
+        phrases, _ = load_phrases(corpus.root, "train", model.config.sample_rate)
+    t0 = time.perf_counter()
+    log(f"student: the teacher on {kw['bank_sequences']} sequences of {kw['seq_seconds']:g} s "
+        f"({0 if phrases is None else len(phrases)} phrase clips in the pool) ...")
+    bank = build_bank(model.config, teacher, train, phrases, corpus.noises, augmenter, kw["bank_sequences"],
+                      kw["seq_seconds"], kw["seed"], log=log)
+    log(f"student: sequence bank ready in {time.perf_counter() - t0:.0f} s")
+    objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, teacher.config.n_embeddings,
+                                  kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"])
+    opts = train_options(kw)
+    extra = {"parent_teacher": parent, **init_extra}
+    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, "student", extra)
 
 
 def run_finetune_stream(kw: dict, argv: list[str]) -> dict:

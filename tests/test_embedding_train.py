@@ -1,0 +1,102 @@
+"""`kws-train teacher --arch embedding` and `kws-train distill` from it, end to end on a tiny
+corpus with phrase negatives (seconds), plus the one-line errors of the new options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kws_export.checkpoint import load_checkpoint
+from kws_export.cli_support import run_click
+from kws_export.embedding import EmbeddingKWS
+from training.cli import cli
+
+TINY = ["--channels", "2", "--hidden", "8", "--gru-layers", "1"]
+FAST = ["--batch-size", "32", "--epoch-size", "64", "--threads", "1", "--no-progress",
+        "--val-minutes", "0.3", "--eval-minutes", "0.3", "--device", "cpu"]
+
+
+def kws_train(*args) -> int:
+    return run_click(cli, "kws-train", [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from training.synth import synth_corpus
+
+    root = tmp_path_factory.mktemp("emb-corpus") / "sheila"
+    synth_corpus(root, "sheila", per_word=6, keyword_count=40, seed=0, workers=2, progress=False,
+                 words=["yes", "no", "left", "right"], max_confusables=2, noise_seconds=5.0, phrases=16,
+                 vocabulary="builtin")
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emb-teacher") / "teacher.pt"
+    assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", out, "--views", "1",
+                     "--epochs", "5", "--workers", "1", "--no-progress") == 0
+    return out
+
+
+def test_embedding_teacher_checkpoint(teacher, corpus):
+    ckpt = load_checkpoint(teacher)
+    assert ckpt.is_embedding
+    meta = ckpt.metadata
+    assert meta["role"] == "teacher" and meta["arch"] == "embedding" and 0.5 <= meta["threshold"] <= 0.999
+    assert meta["command"].startswith("kws-train teacher") and "--arch embedding" in meta["command"]
+    # the phrases were windowed as negatives beside the word clips
+    n_phrase_train = sum(1 for line in open(corpus / "manifest.csv") if line.startswith("_phrases_/") and ",train," in line)
+    assert n_phrase_train > 0
+    assert meta["data_recipe"]["training_windows"] >= n_phrase_train + meta["data_recipe"]["training_keyword_windows"]
+    for split in ("validation", "test"):
+        m = meta["metrics"][split]
+        assert m["keyword_clips"] > 0 and 0.0 <= m["au_fa_fr"] <= 1.0
+    assert meta["train"]["history"][-1]["loss"] < meta["train"]["history"][0]["loss"]
+    # the cached embeddings are reused: a second run computes nothing new
+    cache = sorted((corpus / ".cache").glob("embeddings-*.npz"))
+    assert len(cache) == 3  # train windows, validation and test clips
+
+
+def test_student_distilled_from_the_embedding_teacher(teacher, corpus, tmp_path):
+    out = tmp_path / "student.pt"
+    rc = kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", out, "--epochs", "2",
+                   "--bank-sequences", "3", "--seq-seconds", "4", "--sequences", "2", *TINY, *FAST)
+    assert rc == 0
+    ckpt = load_checkpoint(out)
+    assert not ckpt.is_embedding
+    meta = ckpt.metadata
+    assert meta["role"] == "student" and meta["parent_teacher"]["config"]["arch"] == "embedding"
+    assert meta["training"]["objective"]["bank_sequences"] == 3
+    hist = meta["training"]["history"]
+    assert all(np.isfinite(h["train_loss"]) for h in hist)
+
+
+def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
+    from kws_export.config import CRNNConfig
+    from training.embedding_distill import build_bank
+    from training.train import load_clips
+
+    model = load_checkpoint(teacher).build_model()
+    cfg = CRNNConfig(channels=2, hidden=8, gru_layers=1)
+    train = load_clips(corpus, "train", "sheila", cfg.clip_samples, cfg.sample_rate, None)
+    bank = build_bank(cfg, model, train, None, [], None, sequences=2, seq_seconds=3.0, seed=0)
+    assert bank.audio.shape == (2, 48000) and bank.teacher.shape == bank.targets.shape == (2, 37)
+    want = model.stream(bank.audio[1].numpy())
+    np.testing.assert_allclose(bank.teacher[1].numpy(), want, atol=1e-5)
+
+
+def test_embedding_options_fail_in_one_line(corpus, tmp_path, capsys):
+    assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--views", "0") == 2
+    assert "--views" in capsys.readouterr().err
+    crnn_teacher = tmp_path / "nope.pt"
+    assert kws_train("distill", "--teacher", tmp_path / "missing.pt", "--data", corpus, "--out", crnn_teacher) == 2
+    assert not crnn_teacher.exists()
+
+
+def test_train_loss_is_finite_and_head_is_small(teacher):
+    m = load_checkpoint(teacher).build_model()
+    assert isinstance(m, EmbeddingKWS)
+    assert sum(p.numel() for p in m.parameters()) == 16 * 96 + 1
+    assert all(torch.isfinite(p).all() for p in m.parameters())

@@ -1,0 +1,136 @@
+"""Students distilled from the speech-embedding teacher, streaming-aware.
+
+The teacher costs ~25 ms of CPU per 2 s window (the student ~1 ms), far too much to run in
+every training step on 2 CPUs.  So a bank of long training sequences is made once: keyword
+clips, the corpus's other words and its multi-word ``_phrases_/`` glued over background
+noise (``make_long_sequence``), each sequence augmented as a whole (clip speed/shift/gain
+before gluing, room reverberation after), and the teacher's streaming probability is
+computed for every 80 ms step of every sequence (its exported step's exact semantics, the
+embedding graph batched).  Both models therefore see the same augmented audio (function
+matching).  Each training step then draws sequences from the bank and the student's
+never-reset streaming reference (``CRNN.stream_reference``) is trained on
+
+* the teacher's per-step probabilities (binary cross-entropy to soft targets) where the
+  student's window holds either the whole keyword or none of it, after the teacher's
+  2 s window has filled;
+* the hard streaming targets of ``training.stream_train`` (1: whole keyword in the window,
+  0: none of one, partial: unscored), positives and negatives weighted equally;
+* the ordinary clip loss on augmented 1 s clips, so the offline model stays usable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from kws_export.embedding import EmbeddingKWS
+from training.augment import Augmenter, NoiseBank, make_long_sequence, reverberate
+from training.stream_train import StreamingObjective, _masked_mean, step_targets
+from training.train import ClipSet, balanced_indices, forward_train
+
+POOL = 48  # clips handed to each sequence
+
+
+@dataclasses.dataclass
+class SequenceBank:
+    audio: torch.Tensor  # [N, L] float32
+    teacher: torch.Tensor  # [N, steps] the teacher's per-step probabilities
+    targets: torch.Tensor  # [N, steps] hard targets of the student's window
+    masks: torch.Tensor  # [N, steps] scored steps
+
+
+def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x[:, :n] if x.shape[1] >= n else torch.cat([x, torch.zeros(x.shape[0], n - x.shape[1])], dim=1)
+
+
+def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: np.ndarray | None, noises,
+               augmenter: Augmenter | None, sequences: int, seq_seconds: float, seed: int, keyword_prob: float = 0.3,
+               log=None) -> SequenceBank:
+    """``sequences`` augmented long sequences with the teacher's and the hard per-step targets."""
+    g = torch.Generator().manual_seed(seed)
+    sr = student_config.sample_rate
+    bank = NoiseBank(noises, 1)
+    clip_aug = None
+    if augmenter is not None:
+        clip_aug = Augmenter(dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False),
+                             None, sr, seed=seed)
+    slot = phrases.shape[1] if phrases is not None and len(phrases) else train.waves.shape[1]
+    steps = int(round(seq_seconds * sr)) // (student_config.stride[1] * student_config.hop)
+    audio, teach, targets, masks = [], [], [], []
+    features = teacher.features()
+    t0 = time.perf_counter()
+    for s in range(sequences):
+        idx = balanced_indices(train.labels, POOL, 0.5, g)
+        pool = train.batch(idx)
+        if clip_aug is not None:
+            pool = clip_aug.waves(pool, g)
+        labels = train.labels[idx]
+        pool = _pad_to(pool, slot)
+        if phrases is not None and len(phrases):
+            pick = torch.randint(len(phrases), (POOL // 2,), generator=g)
+            pool = torch.cat([pool, torch.from_numpy(phrases[pick.numpy()])])
+            labels = torch.cat([labels, torch.zeros(len(pick), dtype=labels.dtype)])
+        seq = make_long_sequence(pool, labels, bank, duration_s=seq_seconds, keyword_prob=keyword_prob,
+                                 sample_rate=sr, generator=g)
+        x = seq.audio[None]
+        if augmenter is not None and augmenter.config.reverb and float(torch.rand(1, generator=g)) < augmenter.config.reverb_prob:
+            cfg = augmenter.config
+            u = lambda r: torch.tensor([r[0] + (r[1] - r[0]) * float(torch.rand(1, generator=g))], dtype=torch.float64)  # noqa: E731
+            x = reverberate(x, u(cfg.rt60_s), u(cfg.drr_db), u((2000.0, 7000.0)), g, sr)
+        x = _pad_to(x, int(round(seq_seconds * sr)))
+        e, _, _ = features.stream_embeddings(x[0].numpy())
+        p = teacher.stream_from_embeddings(e)[:steps]
+        spans = [(int(a), int(b)) for (a, b), lab in zip(seq.speech.tolist(), seq.labels.tolist()) if lab == 1]
+        t, m = step_targets(student_config, steps, spans)
+        audio.append(x[0])
+        teach.append(torch.from_numpy(np.ascontiguousarray(p)))
+        targets.append(t)
+        masks.append(m)
+        if log and (s + 1) % 50 == 0:
+            log(f"distill: teacher on {s + 1}/{sequences} sequences ({time.perf_counter() - t0:.0f} s)")
+    return SequenceBank(torch.stack(audio), torch.stack(teach).float(), torch.stack(targets), torch.stack(masks))
+
+
+class EmbeddingStreamKD(StreamingObjective):
+    """Streaming distillation from the cached bank (see the module docstring)."""
+
+    def __init__(self, train: ClipSet, noises, augmenter: Augmenter | None, bank: SequenceBank, teacher_warmup: int,
+                 sequences: int = 8, clip_weight: float = 0.3, kd_weight: float = 0.5, val_minutes: float = 5.0):
+        super().__init__(train, noises, augmenter, seq_seconds=bank.audio.shape[1] / 16000, sequences=sequences,
+                         clip_weight=clip_weight, teacher=None, kd_weight=0.0, val_minutes=val_minutes)
+        self.bank = bank
+        self.kd_weight = kd_weight
+        self.teacher_warmup = teacher_warmup
+
+    def __call__(self, model, waves, labels, generator):
+        logits, _, _ = forward_train(model, waves, self.augmenter, generator)
+        clip_loss = nn.functional.cross_entropy(logits, labels)
+        pick = torch.randint(len(self.bank.audio), (self.sequences,), generator=generator)
+        device = waves.device
+        audio = self.bank.audio[pick].to(device)
+        target, mask, teacher = (self.bank.targets[pick].to(device), self.bank.masks[pick].to(device),
+                                 self.bank.teacher[pick].to(device))
+        probs = model.stream_reference(audio).clamp(1e-6, 1 - 1e-6)
+        steps = min(probs.shape[1], target.shape[1])
+        probs, target, mask, teacher = probs[:, :steps], target[:, :steps], mask[:, :steps], teacher[:, :steps]
+        bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")
+        pos, neg = mask & (target > 0.5), mask & (target < 0.5)
+        hard = 0.5 * _masked_mean(bce, neg) + 0.5 * _masked_mean(bce, pos)
+        kd_mask = mask.clone()
+        kd_mask[:, : self.teacher_warmup] = False
+        soft = nn.functional.binary_cross_entropy(probs, teacher.clamp(1e-4, 1 - 1e-4), reduction="none")
+        kd = 0.5 * _masked_mean(soft, kd_mask & neg) + 0.5 * _masked_mean(soft, kd_mask & pos)
+        stream_loss = (1 - self.kd_weight) * hard + self.kd_weight * kd
+        loss = self.clip_weight * clip_loss + (1 - self.clip_weight) * stream_loss
+        return loss, {"clip": clip_loss.item(), "stream": hard.item(), "kd": kd.item()}
+
+    def describe(self) -> dict:
+        return {"objective": "streaming distillation from the speech-embedding teacher (cached sequence bank)",
+                "bank_sequences": int(len(self.bank.audio)), "seq_seconds": self.seq_seconds,
+                "sequences_per_step": self.sequences, "clip_weight": self.clip_weight, "kd_weight": self.kd_weight,
+                "teacher_warmup_steps": self.teacher_warmup,
+                "targets": "teacher's per-step probability + hard 1/0 where the window holds all/none of a keyword"}
