@@ -20,6 +20,7 @@ import torch
 
 from kws_export.checkpoint import Checkpoint, load_checkpoint
 from kws_export.errors import KWSError
+from kws_export.embedding import EmbeddingKWS
 from kws_export.model import CRNN
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ def clips(audio: np.ndarray, clip_samples: int) -> np.ndarray:
 
 # Runners -----------------------------------------------------------------------------------------
 def eager_stream(model: CRNN, chunk_steps: int = 1, window_ms: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    if isinstance(model, EmbeddingKWS):  # its reference: the numpy step over the frozen graphs
+        return model.stream
     spec = model.stream_spec(window_ms)
     chunk = spec.step_samples * chunk_steps
 

@@ -195,3 +195,19 @@ def test_real_clip_scorer_puts_the_clip_at_the_window_end(model):
     assert scorer.window_samples == 31840 and scorer.pad == "start"
     w = clip_windows(np.ones(16000, np.float32), scorer.window_samples, 1600, scorer.pad)
     assert w.shape == (1, 31840) and w[0, -16000:].min() == 1 and w[0, :-16000].max() == 0
+
+
+def test_verify_reports_the_embedding_export_in_parity(model, tmp_path):
+    from kws_export.verify import verify
+
+    ckpt = tmp_path / "emb.pt"
+    save_checkpoint(ckpt, model, {"threshold": 0.5})
+    out = tmp_path / "emb.stream.onnx"
+    export_onnx_file(ckpt, out, streaming=True)
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(wav, speechlike(3.0, seed=5), 16000)
+    report = verify(str(ckpt), [str(out)], wavs=[str(wav)])
+    assert report["ok"] and len(report["pairs"]) == 1
+    assert report["pairs"][0]["max_abs_diff"] <= 1e-5

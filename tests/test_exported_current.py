@@ -26,22 +26,25 @@ SHIPPED = sorted((ROOT / "checkpoints").glob("*.pt"))
 def stale_reasons(ckpt: Path, exported: Path, scratch: Path) -> list[str]:
     """Why exported/NAME.* do not match checkpoints/NAME.pt (empty: they are current)."""
     name = ckpt.stem
-    files = {s: exported / f"{name}{s}" for s in export_all.SUFFIXES}
+    suffixes = export_all.suffixes_of(ckpt)
+    files = {s: exported / f"{name}{s}" for s in suffixes}
     missing = [p.name for p in files.values() if not p.is_file()]
     if missing:
         return [f"missing {', '.join(missing)}"]
     reasons = []
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    for s in (".onnx", ".stream.onnx", ".stream.int8.onnx", ".stream.int8w.onnx"):
+    for s in (s for s in suffixes if s.endswith(".onnx")):
         if kws_metadata(onnx.load(str(files[s])))["kws.source_sha256"] != sha:
             reasons.append(f"{files[s].name} was exported from another version of {ckpt.name}")
-    fresh = dict(zip(export_all.SUFFIXES, export_all.export_one(ckpt, scratch)))
+    fresh = dict(zip(suffixes, export_all.export_one(ckpt, scratch)))
     audio = signal(4.0, seed=11)[0].numpy()
     clips = signal(1.0, seed=12, batch=2).numpy()
-    for s in (".stream.onnx", ".stream.int8.onnx", ".stream.int8w.onnx"):
+    for s in (s for s in suffixes if ".stream" in s):
         old, new = run_stream(session(files[s]), audio), run_stream(session(fresh[s]), audio)
         if old.shape != new.shape or np.abs(old - new).max() > 1e-6:
             reasons.append(f"{files[s].name} gives other outputs than a fresh export")
+    if suffixes == export_all.EMBEDDING_SUFFIXES:
+        return reasons
     old, new = (session(p).run(["prob"], {"audio": clips})[0] for p in (files[".onnx"], fresh[".onnx"]))
     if old.shape != new.shape or np.abs(old - new).max() > 1e-6:
         reasons.append(f"{files['.onnx'].name} gives other outputs than a fresh export")

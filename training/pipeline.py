@@ -437,6 +437,19 @@ def real_dir_of(value: str | None) -> str | None:
     return None if value in (None, "") else value
 
 
+def _embedding_clip_eval(model: EmbeddingKWS, corpus: Corpus, split: str) -> dict:
+    """The embedding model on a synthetic split: each clip at the end of its window."""
+    from training.data import SpeechCommands
+    from training.metrics import au_fa_fr, frr_at_far
+    from training.real import embedding_clip_scorer, score_clips
+
+    ds = SpeechCommands(corpus.root, split=split, keyword=corpus.keyword, random_split_seed=corpus.split_seed)
+    clips, labels = ds.load_all()
+    probs = score_clips(embedding_clip_scorer(model), list(clips))
+    frr, _ = frr_at_far(probs, labels, 0.01)
+    return {"split": split, "clips": int(len(labels)), "au_fa_fr": au_fa_fr(probs, labels), "frr_at_1pct_far": frr}
+
+
 def run_eval(kw: dict) -> dict:
     if kw.get("out") is not None:
         check_out(kw["out"], "a JSON file path")
@@ -479,9 +492,22 @@ def run_eval(kw: dict) -> dict:
             real_result["threshold_source"] = f"{kw['onnx']}: kws.threshold"
         else:
             real_result["threshold_source"] = source
+    if kw.get("save_threshold"):
+        if kw.get("real_max_fa") is None:
+            raise KWSError("--save-threshold stores the threshold --real-max-fa chooses: add --real-max-fa")
+        meta = dict(ckpt.metadata)
+        meta.update(threshold=float(threshold), threshold_source=source)
+        meta["metrics"] = {**(meta.get("metrics") or {}), "real": real_result}
+        save_checkpoint(kw["ckpt"], model, plain(json_safe(meta)))
+        log(f"eval: stored threshold {threshold:.3f} ({source}) in {kw['ckpt']}")
     head = {"checkpoint": str(kw["ckpt"]), "keyword": corpus.keyword if corpus else keyword}
     if corpus is None:
         return json_safe(plain({**head, "threshold": threshold, "threshold_source": source, "real": real_result}))
+    if ckpt.is_embedding:
+        out = {**head, "threshold": threshold, "threshold_source": source, **_embedding_clip_eval(model, corpus, kw["split"])}
+        if real_result is not None:
+            out["real"] = real_result
+        return json_safe(plain(out))
     clips = corpus.get(kw["split"], model.config)
     streams: list[LongStream] = build_streams(clips, kw["stream_minutes"], kw["seed"], corpus.noises)
     result = evaluate_model(model, clips, streams, threshold, device=device, threshold_source=source)
