@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ _W: dict = {}
 
 
 def _worker_init(clips, noises, config_dict, graphs, augment) -> None:
+    # A worker is ended by the pool, not by the CLI's SIGTERM handling (inherited through fork).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
     _W.update(clips=clips, noises=NoiseBank(noises, 32000), config=EmbeddingConfig.from_dict(config_dict),
               features=Features(graphs), augment=augment)
@@ -115,6 +118,8 @@ def embed_windows(clips: Sequence[np.ndarray], labels: np.ndarray, noises: Seque
             done += len(r)
             if progress:
                 progress(done, len(plan))
+        if workers > 1:
+            pool.close()
     finally:
         if workers > 1:
             pool.terminate()
