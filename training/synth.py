@@ -1094,7 +1094,11 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         tasks: list[tuple] = [("talker", i, v, noise_seconds, int(rng.integers(2 ** 31)), sentences)
                               for i, v in enumerate(talker_voices)]
         tasks += [("noise", str(tmp), name, noise_seconds, int(rng.integers(2 ** 31))) for name in NOISES if name != "babble"]
-        tasks += [("clips", str(tmp), chunk) for chunk in _chunks(jobs)]
+        chunks = _chunks(jobs)
+        # Slow (neural) chunks start first so that no worker is left with one at the end; the
+        # results are put back in order, so the bytes do not depend on this.
+        slow = [("clips", str(tmp), c) for c in chunks if c[0].voice.engine in NEURAL_ENGINES]
+        tasks = slow + tasks + [("clips", str(tmp), c) for c in chunks if c[0].voice.engine not in NEURAL_ENGINES]
         weights = [1 if t[0] != "clips" else len(t[2]) for t in tasks]
         start = time.perf_counter()
         results, cpu = _run_tasks(tasks, workers, weights, progress)
