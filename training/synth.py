@@ -3,7 +3,10 @@
 ``synth_corpus`` writes one folder per word (1 s, 16 kHz, mono, 16-bit wavs), the keyword's
 folder, the 30 Speech Commands v0.01 words and keyword-derived confusable words as negatives,
 ``_background_noise_/``, ``validation_list.txt`` / ``testing_list.txt`` (voice-disjoint from
-train) and ``manifest.csv``.  ``synthesize`` makes one utterance for a (text, voice) pair.
+train) and ``manifest.csv``; with ``phrases`` also ``_phrases_/``, longer multi-word negatives
+(``training.phrases``).  ``synthesize`` makes one utterance for a (text, voice) pair.  The
+neural engines ``piper`` and ``hibari`` (``training.neural``, the ``[neural]`` extra) plug in
+through ``get_engine`` like espeak-ng and flite.
 
 The engines run in-process through ctypes (libespeak-ng, libflite): a subprocess per clip
 would cost more than the synthesis itself.  Both engines keep hidden state between
