@@ -13,7 +13,7 @@ voice, each a separate "voice" (its own split group): a vocal-tract-length facto
 (formants and pitch scaled together by resampling, the utterance synthesized that much longer
 first so the duration is kept), the sampling noise of the model (Piper: noise_scale and
 noise_w; hibari: a pitch offset and intonation range applied to its predicted F0 contour).
-Per clip, ``rate`` sets the speed, ``pitch`` a further ±0.1-0.2 octave shift and
+Per clip, ``rate`` sets the speed, ``pitch`` a further shift (Piper ±4 % VTL, hibari ±0.2 octave F0) and
 ``pitch_range`` the prosodic variation.
 
 Randomness is made reproducible: Piper's two ``RandomNormalLike`` nodes get fixed seeds (a
@@ -122,7 +122,7 @@ class PiperEngine:
     def synth(self, text: str, voice: Voice, rate: float = 1.0, pitch: float = 0.5, pitch_range: float = 0.5) -> tuple[np.ndarray, int]:
         var = self.variants[_variant_index(voice)]
         ipa = get_engine("espeak").ipa(text, self.espeak_voice) + _trailing_punctuation(text)
-        alpha = var["alpha"] * 2.0 ** ((pitch - 0.5) * 0.25)
+        alpha = var["alpha"] * 2.0 ** ((pitch - 0.5) * 0.15)  # pitch: a further +-4 %
         scales = np.array([self.noise_scale * (0.6 + 0.6 * var["a"]) * (0.6 + 0.8 * pitch_range),
                            alpha / max(rate, 0.1),  # length_scale: longer by alpha, undone by the resampling
                            self.noise_w * (0.6 + 0.6 * var["b"])], np.float32)

@@ -310,9 +310,11 @@ def random_phrase(vocab: Vocabulary, rng: np.random.Generator, min_words: int = 
 
 
 def near_phrase(families: dict[str, list[str]], vocab: Vocabulary, rng: np.random.Generator, max_words: int = 5) -> str:
-    """One near item (a family drawn uniformly, then an item), with 0-2 random words around it."""
+    """One near item (a family drawn with p ~ sqrt(its size), then an item), with 0-2 random
+    words around it: a family of one word ("tequila") is not a sixth of all near phrases."""
     names = sorted(families)
-    fam = families[names[int(rng.integers(len(names)))]]
+    p = np.sqrt(np.array([len(families[n]) for n in names], dtype=np.float64))
+    fam = families[names[int(rng.choice(len(names), p=p / p.sum()))]]
     item = fam[int(rng.integers(len(fam)))]
     room = max(0, max_words - len(item.split()))
     before = int(rng.integers(0, min(2, room) + 1))

@@ -3,7 +3,10 @@
 ``synth_corpus`` writes one folder per word (1 s, 16 kHz, mono, 16-bit wavs), the keyword's
 folder, the 30 Speech Commands v0.01 words and keyword-derived confusable words as negatives,
 ``_background_noise_/``, ``validation_list.txt`` / ``testing_list.txt`` (voice-disjoint from
-train) and ``manifest.csv``.  ``synthesize`` makes one utterance for a (text, voice) pair.
+train) and ``manifest.csv``; with ``phrases`` also ``_phrases_/``, longer multi-word negatives
+(``training.phrases``).  ``synthesize`` makes one utterance for a (text, voice) pair.  The
+neural engines ``piper`` and ``hibari`` (``training.neural``, the ``[neural]`` extra) plug in
+through ``get_engine`` like espeak-ng and flite.
 
 The engines run in-process through ctypes (libespeak-ng, libflite): a subprocess per clip
 would cost more than the synthesis itself.  Both engines keep hidden state between
@@ -1094,7 +1097,11 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         tasks: list[tuple] = [("talker", i, v, noise_seconds, int(rng.integers(2 ** 31)), sentences)
                               for i, v in enumerate(talker_voices)]
         tasks += [("noise", str(tmp), name, noise_seconds, int(rng.integers(2 ** 31))) for name in NOISES if name != "babble"]
-        tasks += [("clips", str(tmp), chunk) for chunk in _chunks(jobs)]
+        chunks = _chunks(jobs)
+        # Slow (neural) chunks start first so that no worker is left with one at the end; the
+        # results are put back in order, so the bytes do not depend on this.
+        slow = [("clips", str(tmp), c) for c in chunks if c[0].voice.engine in NEURAL_ENGINES]
+        tasks = slow + tasks + [("clips", str(tmp), c) for c in chunks if c[0].voice.engine not in NEURAL_ENGINES]
         weights = [1 if t[0] != "clips" else len(t[2]) for t in tasks]
         start = time.perf_counter()
         results, cpu = _run_tasks(tasks, workers, weights, progress)
