@@ -3,8 +3,9 @@
 
 Builds (once, cached under .cache/pi/) an arm64 Debian Bookworm userland -- the Python 3.11
 and glibc of 64-bit Raspberry Pi OS Bookworm -- with `mmdebstrap --variant=extract` (it only
-unpacks .debs: no package scripts, no chroot, no binfmt registration), installs the aarch64
-wheels of this venv's numpy and onnxruntime into it with the x86 pip, and runs
+unpacks .debs: no package scripts, no chroot, no binfmt registration), fetches the aarch64
+wheels of this venv's numpy and onnxruntime into a folder beside it with the x86 pip
+(PYTHONPATH of the emulated process only), and runs
 runtime/detect.py under QEMU user-mode emulation of the Pi's own cores (Cortex-A72 for a
 Pi 4, Cortex-A76 for a Pi 5), with a /proc/cpuinfo and /sys/devices/system/cpu describing
 that board (onnxruntime's cpuinfo reads them; the x86 host's make it crash at import).
