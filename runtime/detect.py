@@ -8,6 +8,7 @@ rate, chunk size, states and their initial values, keyword, threshold) is read f
 model's ``kws.*`` metadata; see docs/streaming.md for the contract.
 
     python detect.py --model student.stream.int8.onnx recording.wav
+    python detect.py --model M.onnx --probs probs.csv recording.wav   # every step's score, CSV
     arecord -f S16_LE -r 16000 -c 1 -t raw | python detect.py --model M.onnx --json -
     python detect.py --model M.onnx --mic
 
@@ -24,6 +25,7 @@ Python API::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -743,21 +745,71 @@ def _check_input_file(path: str, what: str, expected: str, allow_empty: bool = F
         raise DetectError(f"{path}: empty file, expected {expected}")
 
 
-def _check_plot_path(path: str) -> None:
-    """Fail before any audio is processed when the plot could not be written.  Creating a
-    file is the only reliable test: permission bits do not stop root, and a read-only
-    file system or an ACL does not show in them."""
+def _check_output_path(path: str, option: str, what: str, kind: str) -> None:
+    """Fail before any audio is processed when an output file could not be written.
+    Creating a file is the only reliable test: permission bits do not stop root, and a
+    read-only file system or an ACL does not show in them."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise DetectError(f"{path}: is a directory, expected an image path for --plot")
+        raise DetectError(f"{path}: is a directory, expected {kind} path for {option}")
     if not os.path.isdir(parent):
         raise DetectError(f"{path}: output directory {parent} does not exist")
     try:
         fd, probe = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise DetectError(f"{path}: cannot write the plot ({exc.strerror} in {parent})") from None
+        raise DetectError(f"{path}: cannot write {what} ({exc.strerror} in {parent})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _check_plot_path(path: str) -> None:
+    _check_output_path(path, "--plot", "the plot", "an image")
+
+
+def _replace_atomically(path: str, what: str, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``:
+    a failure leaves neither a partial file nor a temporary one."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise DetectError(f"{path}: cannot write {what} ({exc.strerror} in {parent})") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the output is as readable as any new file
+        os.replace(tmp, path)
+    except BaseException as exc:
+        os.unlink(tmp)
+        if isinstance(exc, (ValueError, OSError)):  # matplotlib: unknown format; disk full, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+            raise DetectError(f"{path}: cannot write {what} ({reason})") from None
+        raise
+
+
+PROBS_HEADER = ("source", "step", "time", "prob", "score")
+
+
+def write_probs(path: str, tracks: list[dict]) -> None:
+    """Every step of every source as CSV: ``source,step,time,prob,score`` (step from 0,
+    time = the end of the step's audio in seconds, prob the model's probability, score
+    the value the threshold was applied to: prob, or its moving average with --smooth).
+    Numbers are written in their shortest round-trip form (float32 probabilities read
+    back bit-exact).  Written to a temporary file and renamed."""
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f, lineterminator="\n")
+            out.writerow(PROBS_HEADER)
+            for track in tracks:
+                source = track["source"]
+                # str() of a numpy scalar is its shortest round trip (format() would widen a float32)
+                out.writerows((source, step, str(t), str(p), str(s))
+                              for step, (t, p, s) in enumerate(zip(track["times"], track["probs"], track["scores"])))
+
+    _replace_atomically(path, "the probabilities", write)
 
 
 def write_plot(path: str, tracks: list[dict], threshold: float, keyword: str, smooth: int) -> None:
@@ -787,26 +839,9 @@ def write_plot(path: str, tracks: list[dict], threshold: float, keyword: str, sm
         ax.legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
-    parent = os.path.dirname(os.path.abspath(path))
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        plt.close(fig)
-        raise DetectError(f"{path}: cannot write the plot ({exc.strerror} in {parent})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=110)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an image is as readable as any new file
-        os.replace(tmp, path)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, (ValueError, OSError)):  # matplotlib: unknown format; disk full, ...
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
-            raise DetectError(f"{path}: cannot write the plot ({reason})") from None
-        raise
+        _replace_atomically(path, "the plot", lambda tmp: fig.savefig(tmp, format=fmt, dpi=110))
     finally:
         plt.close(fig)
 
@@ -841,6 +876,8 @@ def _parse_args(argv):
     p.add_argument("--refractory-ms", type=float, default=1000.0, help="silence after a detection, one event per utterance (default 1000)")
     p.add_argument("--json", action="store_true", help='print JSON lines {"time", "prob", "keyword", "source"}')
     p.add_argument("--plot", metavar="OUT.png", help="write probability over time with threshold and detections")
+    p.add_argument("--probs", metavar="OUT.csv",
+                   help="write every step's source, step, time, probability and score as CSV (no matplotlib needed)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--info", action="store_true", help="print what the model needs (sample rate, chunk, keyword, threshold) as JSON and exit")
     args = p.parse_args(argv)
@@ -862,8 +899,10 @@ def run_cli(argv=None) -> int:
         return 0
     if args.plot:
         _check_plot_path(args.plot)
+    if args.probs:
+        _check_output_path(args.probs, "--probs", "the probabilities", "a CSV file")
     detector = Detector(args.model, threshold=args.threshold, smooth=args.smooth,
-                        refractory_ms=args.refractory_ms, keep_history=bool(args.plot), threads=args.threads)
+                        refractory_ms=args.refractory_ms, keep_history=bool(args.plot or args.probs), threads=args.threads)
     rate = detector.sample_rate
     # Open every file first: a bad one fails before anything is printed.
     readers = {path: WavReader(path) for path in args.inputs if path != "-"}
@@ -904,6 +943,8 @@ def run_cli(argv=None) -> int:
     finally:
         for reader in readers.values():
             reader.close()
+    if args.probs:
+        write_probs(args.probs, tracks)
     if args.plot:
         write_plot(args.plot, tracks, detector.threshold, detector.keyword, detector.smooth)
     return 0

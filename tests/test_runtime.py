@@ -698,6 +698,65 @@ def test_plot_is_written_atomically(tmp_path, models):
     assert sorted(p.name for p in out.parent.iterdir()) == ["p.png"]  # no temporary left behind
 
 
+def _read_probs(path):
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+@pytest.mark.parametrize("name,smooth", [("energy1", 1), ("energy4", 3)])
+def test_probs_csv_has_every_step_of_every_input(tmp_path, models, name, smooth):
+    """--probs: a header, one row per reported step per input (each its own stream, steps
+    from 0), time = (step + 1) x step_samples / rate (docs/streaming.md), and the values
+    the Detector holds, bit for bit after the round trip through text."""
+    x = bursty(seconds=2.0, seed=3)
+    wav = write_wav(tmp_path / "a.wav", x[:, None], RATE, "f32")
+    pcm = (bursty(seconds=1.3, seed=4) * 32767).astype(np.int16)[:20_830]  # ends mid-chunk and mid-step
+    out = tmp_path / "p.csv"
+    r = run_detect("--model", models[name], wav, "-", "--smooth", smooth, "--threshold", "0.9", "--probs", out,
+                   input=pcm.tobytes())
+    assert r.returncode == 0, r.stderr
+    header, rows = _read_probs(out)
+    assert header == ["source", "step", "time", "prob", "score"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "p.csv"]  # no temporary left behind
+    for source, audio in ((str(wav), np.clip(x, -1.0, 1.0)), ("-", pcm)):  # the wav reader clips float samples
+        det = Detector(models[name], smooth=smooth, threshold=0.9)
+        feed_all(det, audio)
+        mine = [row for row in rows if row[0] == source]
+        assert len(mine) == len(det.probs) == -(-len(audio) // STEP)  # padding-only steps are not reported
+        assert [int(row[1]) for row in mine] == list(range(len(mine)))
+        times = np.array([float(row[2]) for row in mine])
+        assert np.array_equal(times, (np.arange(len(mine)) + 1) * STEP / RATE)
+        assert np.array_equal(times, det.times)
+        assert np.array_equal(np.array([row[3] for row in mine], dtype=np.float32), det.probs)
+        assert np.array_equal(np.array([row[4] for row in mine], dtype=det.scores.dtype), det.scores)  # float32, or float64 averages
+        if smooth == 1:
+            assert [row[3] for row in mine] == [row[4] for row in mine]
+    assert len(rows) == sum(1 for row in rows if row[0] in (str(wav), "-"))
+
+
+def test_probs_output_errors_are_one_line_before_any_work(tmp_path, models):
+    a = write_wav(tmp_path / "a.wav", bursty(seconds=1.0)[:, None], RATE, "s16")
+    cases = {
+        tmp_path / "missing" / "p.csv": "does not exist",
+        tmp_path: "is a directory, expected a CSV file path for --probs",
+        Path("/proc/kws-probs.csv"): "cannot write the probabilities",  # exists, but nothing can be created there (even as root)
+    }
+    for path, message in cases.items():
+        r = run_detect("--model", models["dc1"], a, "--threshold", "0.0", "--probs", path)
+        assert r.returncode == 2 and r.stdout == "", (path, r.stderr)  # threshold 0 would print detections
+        assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    # an existing file is replaced whole, and keeps no temporary beside it
+    out = tmp_path / "p.csv"
+    out.write_text("old contents\n" * 1000)
+    r = run_detect("--model", models["dc1"], a, "--probs", out)
+    assert r.returncode == 0, r.stderr
+    header, rows = _read_probs(out)
+    assert header[0] == "source" and len(rows) == RATE // STEP
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "p.csv"]
+
+
 def test_runs_alone_and_imports_only_numpy_and_onnxruntime(tmp_path, models):
     """Copied alone (as onto a Pi) and run on a file in a fresh interpreter: torch,
     kws_export, training, onnx and the optional packages must not have been imported."""
