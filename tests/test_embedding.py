@@ -155,8 +155,11 @@ def test_head_training_separates_what_the_embedding_hears(graphs):
     x, y = embed_windows(clips, labels, [], cfg, graphs, WindowRecipe(views=1, seed=0), None, workers=1)
     assert x.shape == (12, 16, 96) and list(y) == list(labels)
     m = EmbeddingKWS(cfg, graphs)
-    hist = train_head(m, x, y, epochs=40, lr=1e-2)
+    hist = train_head(m, x, y, l2=0.01, negative_weight=1.0, iterations=50)
     assert hist[-1]["loss"] < hist[0]["loss"]
+    again = EmbeddingKWS(cfg, graphs)
+    train_head(again, x, y, l2=0.01, negative_weight=1.0, iterations=50)  # deterministic: the same head
+    torch.testing.assert_close(again.head[1].weight, m.head[1].weight)
     with torch.no_grad():
         p = torch.sigmoid(m(torch.from_numpy(x.astype(np.float32)))).numpy()
     assert p[:6].min() > p[6:].max()

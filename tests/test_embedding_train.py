@@ -36,7 +36,7 @@ def corpus(tmp_path_factory):
 def teacher(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("emb-teacher") / "teacher.pt"
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", out, "--views", "1",
-                     "--epochs", "5", "--workers", "1", "--no-progress") == 0
+                     "--iterations", "30", "--workers", "1", "--no-progress") == 0
     return out
 
 
@@ -54,6 +54,7 @@ def test_embedding_teacher_checkpoint(teacher, corpus):
         m = meta["metrics"][split]
         assert m["keyword_clips"] > 0 and 0.0 <= m["au_fa_fr"] <= 1.0
     assert meta["train"]["history"][-1]["loss"] < meta["train"]["history"][0]["loss"]
+    assert meta["train"]["solver"].startswith("L-BFGS") and meta["train"]["l2"] == 20.0
     # the cached embeddings are reused: a second run computes nothing new
     cache = sorted((corpus / ".cache").glob("embeddings-*.npz"))
     assert len(cache) == 3  # train windows, validation and test clips
@@ -90,6 +91,10 @@ def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
 def test_embedding_options_fail_in_one_line(corpus, tmp_path, capsys):
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--views", "0") == 2
     assert "--views" in capsys.readouterr().err
+    assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--epochs", "3") != 0
+    err = capsys.readouterr().err
+    assert "--iterations" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.pt").exists()
     crnn_teacher = tmp_path / "nope.pt"
     assert kws_train("distill", "--teacher", tmp_path / "missing.pt", "--data", corpus, "--out", crnn_teacher) == 2
     assert not crnn_teacher.exists()

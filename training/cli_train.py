@@ -159,8 +159,7 @@ TEACHER_ARCH = {"channels": 8, "hidden": 64, "gru_layers": 2, "kernel": (5, 20),
 STUDENT_ARCH = {"channels": 4, "hidden": 16, "gru_layers": 1, "kernel": (5, 20), "stride": (4, 8)}
 
 
-EMBEDDING_DEFAULTS = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-2}
-CRNN_DEFAULTS = {"epochs": 60, "lr": 3e-4, "weight_decay": 1e-5}
+CRNN_DEFAULTS = {"epochs": 60, "lr": 3e-4}
 
 
 @click.command("teacher", context_settings=CONTEXT)
@@ -169,14 +168,17 @@ CRNN_DEFAULTS = {"epochs": 60, "lr": 3e-4, "weight_decay": 1e-5}
 @click.option("--arch", type=click.Choice(["crnn", "embedding"]), default="crnn", show_default=True,
               help="crnn: the seminar CRNN; embedding: Google's frozen speech embedding + a small trained head "
                    "(generalizes from synthetic to real speech; docs/training.md).")
-@click.option("--epochs", type=int, default=None, help="Default: 60 (crnn), 10 (embedding).")
-@click.option("--lr", type=float, default=None, help="Default: 3e-4 (crnn), 1e-3 (embedding).")
+@click.option("--epochs", type=int, default=None, help="crnn: default 60 (the embedding head is solved by L-BFGS: --iterations).")
+@click.option("--lr", type=float, default=None, help="crnn: default 3e-4.")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--views", type=int, default=2, show_default=True,
               help="embedding: augmented 2 s windows per clip, embedded once and cached.")
 @click.option("--head-hidden", type=int, default=0, show_default=True,
               help="embedding: hidden units of the head (0: linear; larger heads overfit the synthesizers).")
-@click.option("--negative-weight", type=float, default=3.0, show_default=True,
+@click.option("--l2", type=float, default=20.0, show_default=True,
+              help="embedding: L2 strength of the head's logistic regression (strong regularisation generalises to real speech).")
+@click.option("--iterations", type=int, default=100, show_default=True, help="embedding: L-BFGS iterations of the head.")
+@click.option("--negative-weight", type=float, default=5.0, show_default=True,
               help="embedding: weight of the negatives relative to balanced classes (higher: fewer false alarms).")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="embedding: where cached embeddings go (default: DATA/.cache).")
@@ -202,19 +204,17 @@ def teacher(**kw):
     windows are computed once and cached, the head trains in seconds.
     """
     argv = invocation()
-    defaults = EMBEDDING_DEFAULTS if kw["arch"] == "embedding" else CRNN_DEFAULTS
-    for k in ("epochs", "lr"):
-        if kw[k] is None:
-            kw[k] = defaults[k]
     if kw["arch"] == "embedding":
-        from click.core import ParameterSource
-
-        if click.get_current_context().get_parameter_source("weight_decay") == ParameterSource.DEFAULT:
-            kw["weight_decay"] = defaults["weight_decay"]
+        if kw["epochs"] is not None or kw["lr"] is not None:
+            raise click.UsageError("--epochs and --lr are for --arch crnn; the embedding head is solved by L-BFGS "
+                                   "(--iterations, --l2)")
         from training.embedding_pipeline import run_embedding_teacher
 
         run_embedding_teacher(kw, argv=argv)
         return
+    for k, v in CRNN_DEFAULTS.items():
+        if kw[k] is None:
+            kw[k] = v
     from training.pipeline import run_teacher
 
     run_teacher(kw, argv=argv)

@@ -68,8 +68,8 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
     t0 = time.perf_counter()
     out: Path = kw["out"]
     check_out(out)
-    if kw["views"] <= 0 or kw["epochs"] <= 0:
-        raise KWSError("--views and --epochs must be positive")
+    if kw["views"] <= 0 or kw["iterations"] <= 0 or not kw["l2"] >= 0 or not kw["negative_weight"] > 0:
+        raise KWSError("--views and --iterations must be positive, --l2 >= 0 and --negative-weight > 0")
     torch.set_num_threads(max(1, int(kw["threads"])))
     corpus = open_corpus(kw["data"], kw.get("keyword"), kw["split_seed"])
     graphs = find_graphs()
@@ -96,8 +96,8 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
     log(f"teacher: {len(y)} training windows ({int(y.sum())} keyword) after {time.perf_counter() - t0:.0f} s")
     torch.manual_seed(kw["seed"])
     model = EmbeddingKWS(config, graphs)
-    history = train_head(model, x, y, epochs=kw["epochs"], lr=kw["lr"], weight_decay=kw["weight_decay"],
-                         seed=kw["seed"], negative_weight=kw["negative_weight"], log=None if kw["no_progress"] else (lambda m: log(f"teacher: {m}")))
+    history = train_head(model, x, y, l2=kw["l2"], negative_weight=kw["negative_weight"], iterations=kw["iterations"],
+                         log=lambda m: log(f"teacher: {m}"))
     clean = WindowRecipe(views=1, tail_s=(0.0, 0.0), context_prob=0.0, seed=kw["seed"])
     metrics: dict = {}
     with torch.no_grad():
@@ -120,9 +120,8 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
         "data_recipe": {**corpus.recipe, "windows": recipe.key(), "augment": augment.to_dict() if augment else None,
                         "training_windows": int(len(y)), "training_keyword_windows": int(y.sum())},
         "frozen_graphs": {name: {"sha256": digest, "from": GRAPH_SOURCE} for name, digest in GRAPHS.items()},
-        "train": {"epochs": kw["epochs"], "lr": kw["lr"], "weight_decay": kw["weight_decay"], "seed": kw["seed"],
-                  "negative_weight": kw["negative_weight"],
-                  "history": history},
+        "train": {"solver": "L-BFGS, full batch, from zero", "l2": kw["l2"], "iterations": kw["iterations"],
+                  "negative_weight": kw["negative_weight"], "seed": kw["seed"], "history": history},
         "command": command_line(argv), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
     }

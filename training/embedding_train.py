@@ -143,34 +143,47 @@ def cached_embeddings(cache_dir: Path, key: dict, compute: Callable[[], tuple[np
     return x, y
 
 
-def train_head(model: EmbeddingKWS, x: np.ndarray, y: np.ndarray, *, epochs: int = 30, lr: float = 1e-3,
-               weight_decay: float = 1e-2, batch_size: int = 512, seed: int = 0, negative_weight: float = 1.0,
-               log: Callable[[str], None] | None = None) -> list[dict]:
-    """Binary cross-entropy on the cached embeddings; returns per-epoch losses."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+def train_head(model: EmbeddingKWS, x: np.ndarray, y: np.ndarray, *, l2: float = 20.0, negative_weight: float = 5.0,
+               iterations: int = 100, log: Callable[[str], None] | None = None) -> list[dict]:
+    """L2-regularised logistic regression on the cached embeddings, solved to convergence
+    with full-batch L-BFGS from zero weights: deterministic, no learning rate or epoch count
+    to select.  Minimises the weighted mean cross-entropy (keyword windows weighted so the
+    classes balance, divided by ``negative_weight``) + ``l2`` * sum of squared weights.
+
+    Strong regularisation is what generalises from synthetic to real speech: on the real dev
+    set, l2 from 10 to 30 gave 15/16 real keywords at <= 0.5 false alarms per hour, l2 <= 0.1
+    at most 5/16 (docs/training.md)."""
     xt = torch.from_numpy(np.asarray(x, np.float32))
     yt = torch.from_numpy(np.asarray(y, np.float32))
     pos = float(yt.sum())
-    pos_weight = torch.tensor((len(yt) - pos) / max(pos, 1.0) / negative_weight)
-    opt = torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    history = []
+    if pos == 0 or pos == len(yt):
+        raise KWSError("the training windows need both keyword and other windows")
+    weight = torch.where(yt > 0, torch.tensor((len(yt) - pos) / pos / negative_weight), torch.tensor(1.0))
+    params = list(model.head.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+        if len(params) > 2:  # a hidden layer cannot start at zero: a small fixed init instead
+            g = torch.Generator().manual_seed(0)
+            for p in params[:-2]:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    weights = [m.weight for m in model.head if isinstance(m, torch.nn.Linear)]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
+    history: list[dict] = []
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(yt), generator=g)
-        total = 0.0
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        history.append({"epoch": epoch + 1, "loss": total / len(yt)})
-        if log:
-            log(f"epoch {epoch + 1}/{epochs}: loss {total / len(yt):.4f}")
+
+    def closure():
+        opt.zero_grad()
+        ce = (torch.nn.functional.binary_cross_entropy_with_logits(model(xt), yt, reduction="none") * weight).sum() / weight.sum()
+        loss = ce + l2 * sum((w ** 2).sum() for w in weights)
+        loss.backward()
+        history.append({"evaluation": len(history) + 1, "loss": float(loss.detach()), "cross_entropy": float(ce.detach())})
+        return loss
+
+    opt.step(closure)
     model.eval()
+    if log:
+        log(f"head: {len(history)} evaluations, loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     return history
 
 
