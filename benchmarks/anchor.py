@@ -317,14 +317,15 @@ def tables_md(results: dict) -> str:
 
 # The command ------------------------------------------------------------------------------------------
 def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model: str | None, use_oww: bool,
-        seed: int, negatives: int | None, out: str | None, json_out: str | None, command: str) -> dict:
+        seed: int, negatives: int | None, out: str | None, json_out: str | None, command: str,
+        probs_out: str | None = None) -> dict:
     from training.real import DetectorStream, build_stream, open_real, slug
 
     if not use_oww and not model_paths:
         raise KWSError("nothing to score: give --model FILE, or drop --no-openwakeword")
     for p in model_paths:
         check_readable(p, "model")
-    for p in (out, json_out):
+    for p in (out, json_out, probs_out):
         if p:
             check_writable(p)
     if negatives is not None and negatives < 0:
@@ -353,11 +354,12 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
     from benchmarks.report import machine
 
     mach = machine()
-    models = []
+    models, tracks = [], {}
     if oww is not None:
         log(f"scoring openWakeWord {oww_path.name} (about 0.05 CPU s per audio s)")
         scorer = OpenWakeWordStream(oww)
         probs, cpu = score_stream(dev, stream, scorer, label=oww_path.name)
+        tracks[f"openWakeWord {oww_path.stem}"] = (probs, scorer.step_seconds)
         models.append({"name": f"openWakeWord {oww_path.stem}", "kind": "openwakeword", "path": str(oww_path),
                        "threshold_source": "openWakeWord's default",
                        "source": f"`{oww_path.name}` from the `openwakeword=={OWW_VERSION}` wheel (its head CC BY-NC-SA: "
@@ -370,6 +372,7 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
     for path, scorer in exports:
         log(f"scoring {path.name} through runtime/detect.py")
         probs, cpu = score_stream(dev, stream, scorer, label=path.name)
+        tracks[f"kws-edge {path.name}"] = (probs, scorer.step_seconds)
         meta = dict(scorer.detector.metadata)
         models.append({"name": f"kws-edge {path.name}", "kind": "kws-edge", "path": str(path),
                        "threshold_source": "its kws.threshold",
@@ -394,6 +397,13 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
     if out:
         with atomic_output(out) as tmp:
             tmp.write_text(md)
+    if probs_out:  # the per-step tracks, to count detections by other rules without scoring again
+        with atomic_output(probs_out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, names=np.array(list(tracks)), spans=np.asarray(stream.spans, np.float64),
+                                    seconds=np.float64(stream.seconds),
+                                    step_seconds=np.array([t for _, t in tracks.values()], np.float64),
+                                    **{f"probs_{i}": p for i, (p, _) in enumerate(tracks.values())})
     print(md)
     return results
 
@@ -411,11 +421,13 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
               help="A quick run: every keyword clip and only N random other clips (not the dev stream's figures).")
 @click.option("--out", type=click.Path(), default=None, help="Also write the tables to this markdown file.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write every figure as JSON.")
-def cli(keyword, models, real, oww_model, no_oww, seed, negatives, out, json_out) -> None:
+@click.option("--save-probs", "probs_out", type=click.Path(), default=None,
+              help="Also save every model's per-step probabilities and the keyword spans (.npz).")
+def cli(keyword, models, real, oww_model, no_oww, seed, negatives, out, json_out, probs_out) -> None:
     """openWakeWord's pretrained model and kws-edge exports, side by side on the real dev stream."""
     argv = sys.argv[1:] if __name__ == "__main__" else []
     command = "python benchmarks/anchor.py " + " ".join(argv) if argv else "python benchmarks/anchor.py"
-    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command)
+    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out)
 
 
 def main(argv: list[str] | None = None) -> int:

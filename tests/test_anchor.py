@@ -122,3 +122,40 @@ def test_one_line_errors(tmp_path, capsys, monkeypatch):
     rc = anchor.main(["--keyword", "alexa", "--real", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "openwakeword is not installed: pip install --no-deps openwakeword==0.5.1" in err[0]
+
+
+def test_run_scores_a_kws_edge_export_end_to_end(tmp_path):
+    """The kws-edge path of the script: a (random-head) speech-embedding "alexa" export through
+    runtime/detect.py on a made-up dev set; tables, JSON and the saved tracks agree."""
+    import json
+
+    import torch
+
+    from kws_export.checkpoint import save_checkpoint
+    from kws_export.embedding import EmbeddingConfig, EmbeddingKWS, count_parameters
+    from kws_export.export_onnx import export_onnx_file
+
+    real = tmp_path / "real"
+    _tiny_dev_set(real)
+    torch.manual_seed(0)
+    model = EmbeddingKWS(EmbeddingConfig(keyword="alexa"))
+    save_checkpoint(tmp_path / "alexa.pt", model, {"role": "teacher", "threshold": 0.5})
+    export = tmp_path / "alexa.stream.onnx"
+    export_onnx_file(tmp_path / "alexa.pt", export, streaming=True)
+    md, js, npz = tmp_path / "t.md", tmp_path / "t.json", tmp_path / "t.npz"
+    rc = anchor.main(["--keyword", "alexa", "--no-openwakeword", "--model", str(export), "--real", str(real),
+                      "--out", str(md), "--json", str(js), "--save-probs", str(npz)])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    (m,) = res["models"]
+    assert m["name"] == "kws-edge alexa.stream.onnx" and m["figures"]["keywords"] == 4
+    p = count_parameters(model)
+    assert m["costs"]["params"] == p["trained"] + p["frozen"]
+    assert 0.5e9 < m["costs"]["macs_per_second"] < 0.6e9
+    assert m["cpu_per_audio_s"] > 0
+    tracks = np.load(npz)
+    assert list(tracks["names"]) == [m["name"]]
+    assert tracks["probs_0"].size == -(-int(round(res["stream"]["hours"] * 3600 * 16000)) // 1280)
+    assert tracks["spans"].shape == (4, 2)
+    text = md.read_text()
+    assert f"| {m['name']} | 0.5 (its kws.threshold) |" in text and "| 0.9 |" in text
