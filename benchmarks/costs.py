@@ -1,4 +1,9 @@
-"""Static costs of a model: parameters, MACs per second of audio (network and frontend)."""
+"""Static costs of a model: parameters, MACs per second of audio (network and frontend).
+
+The CRNN's are computed from its config (``training/macs.py``); the speech-embedding model's
+are counted from its ONNX graphs' shapes (``benchmarks/onnx_macs.py``): per 80 ms step one
+mel call on 1,760 samples, one embedding of a 76 x 32 mel window and the head.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +37,28 @@ def model_costs(model: CRNN) -> dict:
         "macs_per_step_network": macs.network_macs_per_step(cfg),
         "steps_per_second": macs.steps_per_second(cfg),
     }
+
+
+def embedding_costs(model, export_path=None) -> dict:
+    """The speech-embedding model (``kws_export.embedding.EmbeddingKWS``): parameters
+    (trained head + frozen graphs) and MACs per step and per second of audio; with the
+    streaming export, the MACs counted over that whole graph too (a cross-check: the same
+    graphs inlined, plus the head)."""
+    from kws_export.embedding import STEP_SAMPLES, count_parameters
+    from benchmarks.onnx_macs import embedding_step_macs, graph_macs
+
+    params = count_parameters(model)
+    head = sum(int(w.size) for w, _ in model.head_weights())  # one MAC per weight of each Linear
+    step = embedding_step_macs(model.graphs(), model.config.n_embeddings, head=head)
+    steps_per_second = model.config.sample_rate / STEP_SAMPLES
+    out = {
+        "params": params["trained"] + params["frozen"],
+        "params_trained": params["trained"],
+        "params_frozen": params["frozen"],
+        "macs_per_step": step,
+        "steps_per_second": steps_per_second,
+        "macs_per_second": step["total"] * steps_per_second,
+    }
+    if export_path is not None:
+        out["macs_per_second_export_graph"] = graph_macs(export_path, None, str(export_path))["total"] * steps_per_second
+    return out

@@ -3,8 +3,14 @@
 The set: ``--ckpt`` files when given, else every shipped ``checkpoints/*.pt``, else two
 random-weight development models (the seminar-size teacher and a student-size CRNN; speed,
 memory and size do not depend on the weight values).  The baseline that ratios are taken
-against is the teacher: the model whose metadata says ``role: teacher``, else whose file
-name starts with "teacher", else the first one.
+against is the CRNN teacher: the CRNN checkpoint named exactly "teacher" (``teacher.pt``),
+else the CRNN whose metadata says ``role: teacher``, else whose file name starts with
+"teacher", else the first CRNN (a set of speech-embedding checkpoints only: the first one).
+
+A speech-embedding checkpoint (``kws_export.embedding``: openWakeWord's frozen mel and
+embedding graphs + a trained head) has a streaming fp32 ONNX export only (static int8,
+offline ONNX and TorchScript are refused for it by design, scripts/export_all.py), so only
+that file is made and benchmarked for it; it keeps its own role and is never a student.
 
 Exports are made with the same functions ``kws-export`` runs.  A shipped export in
 ``exported/`` (``NAME.stream.onnx``, ``.stream.int8.onnx``, ``.stream.int8w.onnx``) is used instead when its
@@ -25,6 +31,8 @@ from kws_export.errors import KWSError
 from kws_export.fileio import sha256_file
 from kws_export.model import CRNN
 
+from kws_export.embedding import EmbeddingKWS
+
 DEV_CONFIGS = {
     "teacher": CRNNConfig(),
     "student": CRNNConfig(channels=4, hidden=16, gru_layers=1),
@@ -34,15 +42,17 @@ EXPORTS = ("stream_ts", "offline_ts", "onnx_fp32", "onnx_int8", "onnx_int8w")
 SHIPPED_SUFFIX = {"onnx_fp32": ".stream.onnx", "onnx_int8": ".stream.int8.onnx", "onnx_int8w": ".stream.int8w.onnx"}
 # Audio per call of each ONNX export (None: one step); the int8-weights file is exported as shipped
 CHUNK_MS = {"onnx_fp32": None, "onnx_int8": None, "onnx_int8w": FAST_CHUNK_MS}
+# What a speech-embedding checkpoint is exported to (scripts/export_all.py EMBEDDING_SUFFIXES)
+EMBEDDING_EXPORTS = ("onnx_fp32",)
 
 
 @dataclass
 class BenchModel:
     name: str
     ckpt: Path
-    role: str                     # "teacher" or "student"
+    role: str                     # "teacher" or "student" (an embedding model: its own role)
     origin: str                   # "shipped", "given" or "random weights"
-    model: CRNN
+    model: CRNN | EmbeddingKWS
     metadata: dict
     exports: dict[str, Path] = field(default_factory=dict)
     export_origin: dict[str, str] = field(default_factory=dict)  # "exported/ (shipped)" or "fresh"
@@ -50,6 +60,10 @@ class BenchModel:
     @property
     def config(self) -> CRNNConfig:
         return self.model.config
+
+    @property
+    def is_embedding(self) -> bool:
+        return isinstance(self.model, EmbeddingKWS)
 
 
 def dev_checkpoints(work: Path, seed: int = 0) -> list[Path]:
@@ -86,15 +100,26 @@ def load_models(paths: list[Path], origin: str) -> list[BenchModel]:
             raise KWSError(f"{path}: two checkpoints named {name!r}; give them different file names")
         seen.add(name)
         models.append(BenchModel(name, path, _role(path, ckpt.metadata) or "", origin, ckpt.build_model(), ckpt.metadata))
-    teacher = next((m for m in models if m.role == "teacher"), models[0])
+    teacher = baseline(models)
     for m in models:
-        m.role = "teacher" if m is teacher else "student"
+        if m.is_embedding and m is not teacher:
+            m.role = m.role or "teacher"  # never a student: the int8 targets are not its
+        else:
+            m.role = "teacher" if m is teacher else "student"
     models.remove(teacher)
     models.insert(0, teacher)
     rates = {m.config.sample_rate for m in models}
     if len(rates) > 1:
         raise KWSError(f"the checkpoints have different sample rates {sorted(rates)}: benchmark them separately")
     return models
+
+
+def baseline(models: list[BenchModel]) -> BenchModel:
+    """The model ratios are taken against (see the module doc)."""
+    crnn = [m for m in models if not m.is_embedding]
+    return (next((m for m in crnn if m.name == "teacher"), None)
+            or next((m for m in crnn if m.role == "teacher"), None)
+            or (crnn[0] if crnn else models[0]))
 
 
 def _shipped_export(m: BenchModel, exported_dir: Path, kind: str, sha: str) -> Path | None:
@@ -107,22 +132,26 @@ def _shipped_export(m: BenchModel, exported_dir: Path, kind: str, sha: str) -> P
         meta = kws_metadata(load_onnx_model(path))
     except KWSError:
         return None
-    from kws_export.export_onnx import stream_layout
+    if m.is_embedding:
+        steps = 1  # one 80 ms step per call, always
+    else:
+        from kws_export.export_onnx import stream_layout
 
-    steps = stream_layout(m.config, CHUNK_MS[kind]).steps_per_call
+        steps = stream_layout(m.config, CHUNK_MS[kind]).steps_per_call
     if meta.get("kws.source_sha256") != sha or int(meta.get("kws.steps_per_call", 1)) != steps:
         return None  # stale (made from another checkpoint) or another chunk: export afresh
     return path
 
 
 def export_model(m: BenchModel, work: Path, exported_dir: Path | None, calib: Path | None) -> None:
-    """Fill ``m.exports``: streaming and offline TorchScript, streaming ONNX fp32 and int8."""
+    """Fill ``m.exports``: streaming and offline TorchScript, streaming ONNX fp32 and int8
+    (a speech-embedding model: its streaming fp32 ONNX only)."""
     from kws_export.export_onnx import export_onnx_file
     from kws_export.export_torchscript import export_torchscript
     from training.speech import SYNTHESIZED
 
     sha = sha256_file(m.ckpt)
-    for kind in EXPORTS:
+    for kind in (EMBEDDING_EXPORTS if m.is_embedding else EXPORTS):
         shipped = _shipped_export(m, exported_dir, kind, sha) if exported_dir and kind in SHIPPED_SUFFIX else None
         if shipped is not None:
             m.exports[kind], m.export_origin[kind] = shipped, "shipped"
@@ -162,12 +191,21 @@ def shown_path(path: Path, root: Path) -> str:
         return Path(path).name
 
 
+def summary(m: BenchModel) -> str:
+    cfg = m.config
+    if m.is_embedding:
+        head = f"a {cfg.hidden}-unit hidden layer" if cfg.hidden else "a linear head"
+        return f"speech embedding: frozen mel + embedding graphs, {head} over {cfg.n_embeddings} embeddings"
+    return f"channels {cfg.channels}, hidden {cfg.hidden}, {cfg.gru_layers} GRU layer{'s' if cfg.gru_layers > 1 else ''}"
+
+
 def describe(m: BenchModel, root: Path) -> dict:
     cfg = m.config
     return {
         "name": m.name, "checkpoint": shown_path(m.ckpt, root), "role": m.role, "origin": m.origin,
+        "arch": "embedding" if m.is_embedding else "crnn",
         "config": cfg.to_dict(),
-        "summary": f"channels {cfg.channels}, hidden {cfg.hidden}, {cfg.gru_layers} GRU layer{'s' if cfg.gru_layers > 1 else ''}",
+        "summary": summary(m),
         "status": str(m.metadata.get("training", {}).get("status", "")) if isinstance(m.metadata.get("training"), dict) else "",
         "exports": {k: shown_path(v, root) for k, v in m.exports.items()},
         "export_origin": dict(m.export_origin),

@@ -21,6 +21,10 @@ SPEED_COLUMNS = ["model", "engine", "RTF (CPU s / audio s)", "× teacher eager",
                  "p50 µs", "p99 µs", "max abs Δp vs eager"]
 SIZE_COLUMNS = ["model", "params", "network MMAC/s", "frontend MMAC/s", "checkpoint", "ONNX fp32", "ONNX int8",
                 "detect.py peak RSS (int8)"]
+EMBEDDING_SPEED_COLUMNS = ["model", "engine", "RTF (CPU s / audio s)", "× teacher eager", "CPU µs / 80 ms step",
+                           "p50 µs", "p99 µs", "max abs Δp vs numpy reference"]
+EMBEDDING_SIZE_COLUMNS = ["model", "params (trained + frozen)", "MMAC/s (mel + embedding + head)", "checkpoint",
+                          "ONNX fp32", "detect.py peak RSS (fp32)"]
 TARGETS = {"rtf": 0.0005, "rss_bytes": 50e6, "int8_bytes": 20e3}
 REFERENCE_RTF = {"int8 TFLite wake-word runtime (issue 7)": 0.0017,
                  "1 s TorchScript re-scoring every 80 ms (issue 7)": 0.006}
@@ -88,10 +92,22 @@ def machine_line(m: dict) -> str:
 
 
 # Tables ----------------------------------------------------------------------------------------------
+def is_embedding(m: dict) -> bool:
+    return m.get("arch") == "embedding"
+
+
+def crnn_models(results: dict) -> list[dict]:
+    return [m for m in results["models"] if not is_embedding(m)]
+
+
+def embedding_models(results: dict) -> list[dict]:
+    return [m for m in results["models"] if is_embedding(m)]
+
+
 def speed_rows(results: dict) -> list[list[str]]:
     base = results["models"][0]["timings"]["eager"]["rtf"]
     rows = []
-    for m in results["models"]:
+    for m in crnn_models(results):
         for key, label in ENGINES.items():
             t = m["timings"].get(key)
             if t is None:
@@ -105,7 +121,7 @@ def speed_rows(results: dict) -> list[list[str]]:
 def size_rows(results: dict) -> list[list[str]]:
     b = results["models"][0]
     rows = []
-    for m in results["models"]:
+    for m in crnn_models(results):
         c, s = m["costs"], m["sizes"]
         rss = m.get("rss", {}).get("onnx_int8", {}).get("peak_rss_bytes")
         rows.append([
@@ -119,6 +135,68 @@ def size_rows(results: dict) -> list[list[str]]:
             "—" if rss is None else with_ratio(mb(rss), rss, b.get("rss", {}).get("onnx_int8", {}).get("peak_rss_bytes", 0)),
         ])
     return rows
+
+
+def embedding_speed_rows(results: dict) -> list[list[str]]:
+    base = results["models"][0]
+    eager = None if is_embedding(base) else base["timings"]["eager"]["rtf"]
+    rows = []
+    for m in embedding_models(results):
+        t = m["timings"]["onnx_fp32"]
+        rows.append([m["name"], ENGINES["onnx_fp32"], rtf_text(t["rtf"]), ratio(t["rtf"], eager) if eager else "—",
+                     f"{t['us_per_step']:.1f}", f"{t['p50_us']:.1f}", f"{t['p99_us']:.1f}",
+                     f"{t['max_abs_dprob_vs_reference']:.1e}"])
+    return rows
+
+
+def embedding_size_rows(results: dict) -> list[list[str]]:
+    b = results["models"][0]
+    crnn_base = not is_embedding(b)
+    rows = []
+    for m in embedding_models(results):
+        c, s = m["costs"], m["sizes"]
+        rss = m["rss"]["onnx_fp32"]["peak_rss_bytes"]
+        if crnn_base:
+            bc = b["costs"]
+            base_macs = bc["macs_per_second_network"] + bc["macs_per_second_frontend_graph"]
+            base_rss = b.get("rss", {}).get("onnx_fp32", {}).get("peak_rss_bytes", 0)
+            par = with_ratio(f"{c['params']:,} ({c['params_trained']:,} + {c['params_frozen']:,})", c["params"], bc["params"])
+            mac = with_ratio(f"{c['macs_per_second'] / 1e6:,.0f}", c["macs_per_second"], base_macs)
+            ck = with_ratio(kb(s["checkpoint"]), s["checkpoint"], b["sizes"]["checkpoint"])
+            fp = with_ratio(kb(s["onnx_fp32"]), s["onnx_fp32"], b["sizes"]["onnx_fp32"])
+            mem = with_ratio(mb(rss), rss, base_rss)
+        else:
+            par = f"{c['params']:,} ({c['params_trained']:,} + {c['params_frozen']:,})"
+            mac, ck, fp, mem = f"{c['macs_per_second'] / 1e6:,.0f}", kb(s["checkpoint"]), kb(s["onnx_fp32"]), mb(rss)
+        rows.append([m["name"], par, mac, ck, fp, mem])
+    return rows
+
+
+def embedding_md(results: dict) -> list[str]:
+    emb = embedding_models(results)
+    if not emb:
+        return []
+    b = results["models"][0]
+    step = emb[0]["costs"]["macs_per_step"]
+    ref = "" if is_embedding(b) else (f"  Ratios are to `{b['name']}` (speed: its PyTorch eager step; MACs: its network + "
+                                      f"frontend as exported; RSS: its fp32 file).")
+    return [
+        "## Speech-embedding model",
+        "",
+        "openWakeWord's frozen mel + embedding graphs with a trained head (`kws_export.embedding`).  What exists for "
+        "it is benchmarked: its streaming fp32 ONNX (static int8, offline ONNX and TorchScript are refused by design) "
+        "through `runtime/detect.py` on the same stream, one 80 ms step per call; max abs Δp is against its numpy "
+        "reference `EmbeddingKWS.stream`.  Parameters: the trained head + the frozen graphs' weights.  MACs: Conv / "
+        f"MatMul / Gemm counted from the ONNX graphs' shapes, per 80 ms step one mel call on 1,760 samples "
+        f"({step['melspectrogram'] / 1e6:.2f} M), one embedding of 76 × 32 mel frames ({step['embedding_model'] / 1e6:.2f} M) "
+        f"and the head ({step.get('head', 0):,}), 12.5 steps per second.  Peak RSS: `detect.py` with the fp32 file on the "
+        f"same {duration(results['settings']['rss_seconds'])} wav." + ref,
+        "",
+        table(EMBEDDING_SPEED_COLUMNS, embedding_speed_rows(results)),
+        "",
+        table(EMBEDDING_SIZE_COLUMNS, embedding_size_rows(results)),
+        "",
+    ]
 
 
 def target_rows(m: dict) -> list[list[str]]:
@@ -254,23 +332,27 @@ def results_md(results: dict) -> str:
             f"`{m['name']}` ({m['role']}, {m['origin']}, {m['summary']}{', training ' + m['status'] if m.get('status') else ''})"
             for m in results["models"]) + ".",
         "",
-        "## Speed",
-        "",
-        f"RTF = CPU seconds per second of audio; ratios are to `{base['name']}` in PyTorch eager.  p50/p99: CPU time of "
-        f"one call (one 80 ms step).  max abs Δp: largest difference from the eager streaming probabilities over the stream "
-        f"(the naive re-scoring computes the offline clip model, so it differs by design).",
-        "",
-        table(SPEED_COLUMNS, speed_rows(results)),
-        "",
-        "## Size, arithmetic and memory",
-        "",
-        f"Ratios are to `{base['name']}`.  MACs per second of audio from `training/macs.py` (network: the streaming step; "
-        f"frontend: a dense DFT, and the mixed-radix DFT the export computes).  Peak RSS: `runtime/detect.py` with the "
-        f"int8 model on a {duration(s['rss_seconds'])} 16 kHz 16-bit wav, a separate process.  KB = 1,000 bytes, MB = 10^6 bytes.",
-        "",
-        table(SIZE_COLUMNS, size_rows(results)),
-        "",
     ]
+    if crnn_models(results):
+        lines += [
+            "## Speed",
+            "",
+            f"RTF = CPU seconds per second of audio; ratios are to `{base['name']}` in PyTorch eager.  p50/p99: CPU time of "
+            f"one call (one 80 ms step).  max abs Δp: largest difference from the eager streaming probabilities over the stream "
+            f"(the naive re-scoring computes the offline clip model, so it differs by design).",
+            "",
+            table(SPEED_COLUMNS, speed_rows(results)),
+            "",
+            "## Size, arithmetic and memory",
+            "",
+            f"Ratios are to `{base['name']}`.  MACs per second of audio from `training/macs.py` (network: the streaming step; "
+            f"frontend: a dense DFT, and the mixed-radix DFT the export computes).  Peak RSS: `runtime/detect.py` with the "
+            f"int8 model on a {duration(s['rss_seconds'])} 16 kHz 16-bit wav, a separate process.  KB = 1,000 bytes, MB = 10^6 bytes.",
+            "",
+            table(SIZE_COLUMNS, size_rows(results)),
+            "",
+        ]
+    lines += embedding_md(results)
     students = [m for m in results["models"] if m.get("targets")]
     if students:
         lines += ["## Issue 7 targets (int8 streaming student through the runtime)", ""]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make bench`: speed, memory and size of the teacher and every shipped student, side by side.
+"""`make bench`: speed, memory and size of the teacher and every shipped student, side by side
+(and of a speech-embedding checkpoint: its streaming fp32 ONNX through the runtime).
 
     python benchmarks/run.py                      # checkpoints/*.pt (or random-weight stand-ins)
     python benchmarks/run.py --ckpt a.pt --ckpt b.pt --out /tmp/bench
@@ -100,6 +101,32 @@ def benchmark_model(m, audio: np.ndarray, long_wav: Path, rss_seconds: float, re
     return {**describe(m, ROOT), "costs": costs.model_costs(m.model), "sizes": sizes, "timings": timings, "rss": rss}
 
 
+def benchmark_embedding(m, audio: np.ndarray, long_wav: Path, rss_seconds: float, repeats: int) -> dict:
+    """A speech-embedding model: what exists for it, its streaming fp32 ONNX through the
+    runtime (speed, memory, size), its costs, and its agreement with the numpy reference
+    (``EmbeddingKWS.stream``, the step the export was checked against)."""
+    from benchmarks import costs, memory, timing
+    from benchmarks.models import describe
+
+    audio_s = len(audio) / m.config.sample_rate
+    path = m.exports["onnx_fp32"]
+    built = {"onnx_fp32": timing.detector_runner(path, audio, "ONNX fp32")}
+    t = timing.measure(built, audio_s, repeats)["onnx_fp32"]
+    p = timing.collect_probs(built["onnx_fp32"])
+    ref = np.asarray(m.model.stream(audio), np.float32)
+    n = min(len(p), len(ref))
+    timings = {"onnx_fp32": {**t.to_dict(), "max_abs_dprob_vs_reference": float(np.abs(p[:n] - ref[:n]).max()),
+                             "prob_range": [float(p.min()), float(p.max())]}}
+    log(f"{m.name:>12} onnx_fp32    RTF {t.rtf:.5f}  p50 {t.p50_us:8.1f} µs  p99 {t.p99_us:8.1f} µs  "
+        f"max |Δp| vs numpy reference {timings['onnx_fp32']['max_abs_dprob_vs_reference']:.1e}")
+    r = memory.detect_peak_rss(DETECT, path, long_wav)
+    rss = {"onnx_fp32": {"peak_rss_bytes": r["peak_rss_bytes"], "cpu_s": r["cpu_s"], "audio_s": rss_seconds}}
+    log(f"{m.name:>12} detect.py onnx_fp32: peak RSS {r['peak_rss_bytes'] / 1e6:.1f} MB, {r['cpu_s']:.2f} CPU s")
+    sizes = {"checkpoint": m.ckpt.stat().st_size, "onnx_fp32": Path(path).stat().st_size}
+    return {**describe(m, ROOT), "costs": costs.embedding_costs(m.model, path), "sizes": sizes, "timings": timings,
+            "rss": rss}
+
+
 def student_targets(res: dict, m, rss_seconds: float, rtf_file: float) -> dict:
     """The issue's three targets for the int8 student, as measured."""
     from benchmarks.report import TARGETS, duration
@@ -176,6 +203,9 @@ def run(ckpts: tuple[str, ...], out: str | None, quick: bool, seconds: float | N
         for m in bench_models:
             log(f"exporting {m.name} ({m.ckpt})")
             models.export_model(m, work, exported_dir, calib)
+            if m.is_embedding:
+                results_models.append(benchmark_embedding(m, audio, long_wav, rss_seconds, repeats))
+                continue
             res = benchmark_model(m, audio, long_wav, rss_seconds, repeats)
             if m.role == "student":
                 t = res["targets"] = student_targets(res, m, rss_seconds, whole_stream_rtf(m.exports["onnx_int8"], audio, repeats))
