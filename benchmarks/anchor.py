@@ -360,7 +360,8 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
         scorer = OpenWakeWordStream(oww)
         probs, cpu = score_stream(dev, stream, scorer, label=oww_path.name)
         tracks[f"openWakeWord {oww_path.stem}"] = (probs, scorer.step_seconds)
-        models.append({"name": f"openWakeWord {oww_path.stem}", "kind": "openwakeword", "path": str(oww_path),
+        models.append({"name": f"openWakeWord {oww_path.stem}", "kind": "openwakeword",
+                       "path": f"openwakeword=={OWW_VERSION}: resources/models/{oww_path.name}",
                        "threshold_source": "openWakeWord's default",
                        "source": f"`{oww_path.name}` from the `openwakeword=={OWW_VERSION}` wheel (its head CC BY-NC-SA: "
                                  f"measured, never shipped), `Model(wakeword_models=[...], inference_framework='onnx')`, "
@@ -426,6 +427,9 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
 def cli(keyword, models, real, oww_model, no_oww, seed, negatives, out, json_out, probs_out) -> None:
     """openWakeWord's pretrained model and kws-edge exports, side by side on the real dev stream."""
     argv = sys.argv[1:] if __name__ == "__main__" else []
+    if "--save-probs" in argv:  # a scratch output: not part of the command that makes the table
+        i = argv.index("--save-probs")
+        argv = argv[:i] + argv[i + 2:]
     command = "python benchmarks/anchor.py " + " ".join(argv) if argv else "python benchmarks/anchor.py"
     run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out)
 
