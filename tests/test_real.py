@@ -2,6 +2,7 @@
 ../shared needed), and the shipped models on the real dev set (skipped when it is absent)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from kws_export.checkpoint import load_checkpoint
 from kws_export.cli_support import run_click
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
@@ -289,3 +291,21 @@ def test_student_int8w_on_a_real_sub_stream():
     at = r["at_threshold"]
     assert at["keywords"] == 16 and at["threshold"] == 0.95 and at["hits"] >= 9
     assert r["hours"] * 3600 > 400 and r["clips"] == 416
+
+
+def test_eval_saves_the_real_stream_threshold_in_the_checkpoint(dev_dir, tmp_path, capsys):
+    ckpt = tmp_path / "student.pt"
+    shutil.copy(STUDENT, ckpt)
+    before = load_checkpoint(ckpt).metadata
+    assert kws_train("eval", "--ckpt", ckpt, "--real", dev_dir, "--save-threshold", "--threads", "1") == 2
+    assert "--real-max-fa" in capsys.readouterr().err
+    assert kws_train("eval", "--ckpt", ckpt, "--real", dev_dir, "--real-max-fa", "100000", "--save-threshold",
+                     "--threads", "1") == 0
+    out = json.loads(capsys.readouterr().out)
+    after = load_checkpoint(ckpt)
+    assert after.metadata["threshold"] == out["threshold"] == 0.01 != before["threshold"]
+    assert "real stream" in after.metadata["threshold_source"]
+    assert after.metadata["metrics"]["real"]["stream"]["keywords"] == 3
+    assert after.metadata["metrics"]["au_fa_fr"] == before["metrics"]["au_fa_fr"]  # the rest of the card is kept
+    for k, v in load_checkpoint(STUDENT).state_dict.items():
+        assert torch.equal(after.state_dict[k], v)
