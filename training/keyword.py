@@ -57,20 +57,24 @@ STUDENT_SIZES: dict[str, dict] = {
     "medium": {"channels": 8, "hidden": 32, "gru_layers": 1, "stride": (4, 8)},
 }
 
-# Reference costs on this project's 2-core machine (wall seconds, loaded by other jobs).
+# Costs measured on this project's 2-core machine while other jobs kept its load average at 6-9
+# (wall seconds), when one augmented embedding window took PROBE_REFERENCE_S on one core; a run
+# scales them by its own probe (``speed_probe``), so a faster or idler machine gets more data.
+PROBE_REFERENCE_S = 0.032
 COSTS = {
-    "synth_clips_per_s": 120.0,       # 1 s clips, 2 workers (phrases of 2 s count double)
-    "teacher_windows_per_s": 45.0,    # embedding of one augmented 2 s window (~25 ms CPU), 2 workers
-    "bank_s_per_seq_second": 0.05,    # the teacher scoring one second of a bank sequence
-    "student_s_per_step": 0.45,       # one distillation step: 256 clips + 8 x 20 s sequences
-    "student_eval_s": 60.0,           # threshold on validation streams + test figures
-    "fixed_s": 150.0,                 # corpus loading, export, verify, demo, card
-    "real_s": 240.0,                  # the real dev stream (2 h) through the student, twice
+    "synth_units_per_s": 43.0,        # 1 s clips with 2 workers (a 2 s phrase counts 2)
+    "synth_fixed_s": 25.0,            # noises, babble talkers, the phrase vocabulary, worker start-up
+    "teacher_windows_per_s": 11.6,    # augmented 2 s windows through the frozen embedding, 2 workers
+    "bank_s_per_seq_second": 0.06,    # the teacher scoring one second of a bank sequence
+    "student_s_per_step": 0.57,       # one distillation step: 256 clips + 8 x 20 s sequences, 1 thread
+    "student_eval_s": 40.0,           # corpus loading, threshold on validation streams, test figures
+    "fixed_s": 90.0,                  # export, verify, demo, card
+    "real_s": 240.0,                  # the real dev stream (2 h) through the student, twice, and its clips
 }
 MIN_MINUTES = 5.0
 DEFAULT_MINUTES = 60.0
 MARGIN = 0.9  # plan to 90% of the budget
-SHARES = {"corpus_and_teacher": 0.42, "student": 0.58}
+SHARES = {"corpus_and_teacher": 0.45, "student": 0.55}
 REAL_MAX_FA = 0.5  # false alarms per hour the real-stream threshold allows
 
 
@@ -80,6 +84,7 @@ class Plan:
     minutes: float
     student: str
     preset: str | None = None
+    speed: float = 1.0                 # this machine's probe / the reference's (costs scale with it)
     # corpus
     keyword_count: int = 2000
     per_word: int = 200
@@ -127,7 +132,46 @@ def _arch(student: str) -> dict:
     return a
 
 
-def make_plan(minutes: float, student: str = "small", preset: str | None = None, real: bool = False) -> Plan:
+def speed_probe() -> float:
+    """Seconds one augmented embedding window takes on one core now (~2 s to measure)."""
+    import numpy as np
+
+    from kws_export.embedding import EmbeddingConfig, find_graphs
+    from training.embedding_pipeline import _augment
+    from training.embedding_train import WindowRecipe, embed_windows
+
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(16000)).astype(np.float32) for _ in range(24)]
+    noises = [(0.1 * rng.standard_normal(5 * 16000)).astype(np.float32)]
+    config, graphs = EmbeddingConfig(keyword="probe"), find_graphs()
+    embed_windows(clips[:2], np.zeros(2, np.int64), noises, config, graphs, WindowRecipe(views=1), _augment({}), workers=1)
+    t0 = time.perf_counter()
+    embed_windows(clips, np.zeros(len(clips), np.int64), noises, config, graphs, WindowRecipe(views=1), _augment({}),
+                  workers=1)
+    return (time.perf_counter() - t0) / len(clips)
+
+
+def cost(name: str, plan: "Plan") -> float:
+    """COSTS[name] on this machine: seconds scale with the probe, rates inversely."""
+    f = plan.speed
+    return COSTS[name] / f if name.endswith("_per_s") else COSTS[name] * f
+
+
+def synth_seconds(plan: "Plan") -> float:
+    return (plan.corpus_clips() + 2 * plan.phrases) / cost("synth_units_per_s", plan) + cost("synth_fixed_s", plan)
+
+
+def teacher_windows(plan: "Plan", views: int | None = None) -> float:
+    views = plan.views if views is None else views
+    return views * 0.8 * (plan.corpus_clips() + plan.phrases) + 0.2 * plan.corpus_clips()
+
+
+def teacher_seconds(plan: "Plan", views: int | None = None) -> float:
+    return teacher_windows(plan, views) / cost("teacher_windows_per_s", plan)
+
+
+def make_plan(minutes: float, student: str = "small", preset: str | None = None, real: bool = False,
+              probe: Callable[[], float] | None = None) -> Plan:
     """Stage sizes for a budget of ``minutes`` (``preset="tiny"``: seconds, for tests)."""
     if student not in STUDENT_SIZES:
         raise KWSError(f"--student must be one of {', '.join(STUDENT_SIZES)}, not {student!r}")
@@ -144,41 +188,49 @@ def make_plan(minutes: float, student: str = "small", preset: str | None = None,
     if not minutes >= MIN_MINUTES:
         raise KWSError(f"a budget of {minutes:g} min is too small to train anything: give --minutes {MIN_MINUTES:g} or more "
                        f"(stages are sized for a 2-core machine)")
-    c = COSTS
-    usable = minutes * 60.0 * MARGIN - c["fixed_s"] - (c["real_s"] if real else 0.0)
-    # Corpus + teacher: the default corpus (scale 1) costs synth_units / rate + windows / rate.
-    base = Plan(minutes=minutes, student=student)
-    synth_units = base.corpus_clips() + 2 * base.phrases
-    train_frac = 0.8
-    windows = base.views * train_frac * (base.corpus_clips() + base.phrases) + (1 - train_frac) * base.corpus_clips()
-    cost_at_1 = synth_units / c["synth_clips_per_s"] + windows / c["teacher_windows_per_s"]
-    scale = max(0.05, SHARES["corpus_and_teacher"] * usable / cost_at_1)
-    keyword_count = max(60, int(round(2000 * scale / 10)) * 10)
-    per_word = max(4, int(round(200 * scale)))
-    phrases = max(40, int(round(2000 * scale / 10)) * 10)
-    # Student: a third of its share for the bank, the rest for training steps.
-    student_s = SHARES["student"] * usable - c["student_eval_s"]
-    bank = int(max(20, min(600, (student_s / 3) / (base.seq_seconds * c["bank_s_per_seq_second"]))))
-    plan = Plan(minutes=minutes, student=student, keyword_count=keyword_count, per_word=per_word, phrases=phrases,
-                bank_sequences=bank, student_arch=_arch(student))
-    plan.epochs = student_epochs(plan, student_s - bank * plan.seq_seconds * c["bank_s_per_seq_second"])
+    speed = (probe or speed_probe)() / PROBE_REFERENCE_S
+    speed = float(min(6.0, max(0.3, speed)))
+    base = Plan(minutes=minutes, student=student, speed=speed)
+    usable = minutes * 60.0 * MARGIN - cost("fixed_s", base) - (cost("real_s", base) if real else 0.0)
+    # Corpus + teacher: the default corpus (scale 1) and its windows, scaled to their share.
+    at_1 = synth_seconds(base) + teacher_seconds(base) - cost("synth_fixed_s", base)
+    scale = max(0.0, SHARES["corpus_and_teacher"] * usable - cost("synth_fixed_s", base)) / at_1
+    plan = Plan(minutes=minutes, student=student, speed=speed, student_arch=_arch(student),
+                keyword_count=max(60, int(round(2000 * scale / 10)) * 10), per_word=max(6, int(round(200 * scale))),
+                phrases=max(40, int(round(2000 * scale / 10)) * 10))
+    # Student: a third of its share for the teacher-scored bank, the rest for training steps.
+    student_s = SHARES["student"] * usable - cost("student_eval_s", plan)
+    per_seq = plan.seq_seconds * cost("bank_s_per_seq_second", plan)
+    plan.bank_sequences = int(max(20, min(600, (student_s / 3) / per_seq)))
+    plan.epochs = student_epochs(plan, student_s - plan.bank_sequences * per_seq)
+    need = synth_seconds(plan) + teacher_seconds(plan) + plan.bank_sequences * per_seq + cost("student_eval_s", plan) \
+        + 2 * math.ceil(plan.epoch_size / plan.batch_size) * cost("student_s_per_step", plan)
+    if need > usable + 1e-9:
+        raise KWSError(f"a budget of {minutes:g} min is too small to train anything on this machine now (the smallest "
+                       f"corpus and 2 student epochs need about {(need + minutes * 60 - usable) / 60 / MARGIN:.0f} min at its "
+                       f"current speed, {speed:.1f}x the reference's time per step)")
     return plan
 
 
 def student_epochs(plan: Plan, seconds: float) -> int:
     """Epochs of ``plan.epoch_size`` clips that fit in ``seconds`` of training."""
-    per_epoch = math.ceil(plan.epoch_size / plan.batch_size) * COSTS["student_s_per_step"]
+    per_epoch = math.ceil(plan.epoch_size / plan.batch_size) * cost("student_s_per_step", plan)
     return int(max(2, min(60, seconds // per_epoch)))
 
 
 def describe_plan(plan: Plan, real: bool) -> list[str]:
     arch = plan.student_arch or {}
+    est = "" if plan.preset else f" (~{synth_seconds(plan) / 60:.1f} min)"
+    t_est = "" if plan.preset else f" (~{teacher_seconds(plan) / 60:.1f} min)"
+    s_est = "" if plan.preset else (
+        f" (~{(plan.bank_sequences * plan.seq_seconds * cost('bank_s_per_seq_second', plan) + plan.steps() * cost('student_s_per_step', plan) + cost('student_eval_s', plan)) / 60:.1f} min)")
     lines = [
-        f"data: {plan.keyword_count} keyword clips, {plan.per_word} per negative word "
+        f"machine speed: {plan.speed:.2f}x the reference's time per embedding window" if not plan.preset else "test preset: tiny sizes",
+        f"data{est}: {plan.keyword_count} keyword clips, {plan.per_word} per negative word "
         f"({(len(plan.words) if plan.words is not None else 30)} command words + up to {plan.max_confusables} confusables), "
         f"{plan.phrases} phrases, noises of {plan.noise_seconds:g} s",
-        f"teacher: speech embedding + head, {plan.views} views per clip, {plan.teacher_epochs} epochs",
-        f"student: {plan.student} (channels {arch.get('channels')}, hidden {arch.get('hidden')}, "
+        f"teacher{t_est}: speech embedding + head, {plan.views} views per clip, {plan.teacher_epochs} epochs",
+        f"student{s_est}: {plan.student} (channels {arch.get('channels')}, hidden {arch.get('hidden')}, "
         f"{arch.get('gru_layers')} GRU layer, stride {tuple(arch.get('stride', ()))}), bank of {plan.bank_sequences} x "
         f"{plan.seq_seconds:g} s sequences, {plan.epochs} epochs of {plan.epoch_size} clips",
         "real speech: " + ("measured on the dev set (threshold chosen on its stream)" if real else "not measured"),
@@ -305,8 +357,17 @@ def stage_data(run: Run) -> dict:
 
 def stage_teacher(run: Run) -> dict:
     p = run.plan
+    views = p.views
+    data_s = run.state["stages"].get("data", {}).get("seconds")
+    if p.preset is None and data_s and views > 1:
+        # The corpus took r times its estimate: expect the same of the teacher's windows.
+        r = float(data_s) / max(1.0, synth_seconds(p))
+        if r > 1.3:
+            views = 1
+            _say(run, f"teacher: 1 view per clip instead of {p.views} (the corpus took {r:.1f}x its estimate; "
+                      f"{run.left() / 60:.1f} min left)")
     tmp = _fresh(run.partial / "teacher") / "teacher.pt"
-    args = ["teacher", "--arch", "embedding", "--data", run.data, "--out", tmp, "--views", p.views,
+    args = ["teacher", "--arch", "embedding", "--data", run.data, "--out", tmp, "--views", views,
             "--epochs", p.teacher_epochs, "--workers", p.teacher_workers, "--setting", "embedding teacher",
             *run.train_args()]
     t0 = time.monotonic()
@@ -323,8 +384,9 @@ def stage_student(run: Run) -> dict:
     epochs = p.epochs
     if p.preset is None:
         # Re-derive the epochs from the time actually left (reserving the later stages).
-        reserve = COSTS["fixed_s"] + (COSTS["real_s"] if run.real_dir else 0.0)
-        train_s = run.left() - reserve - COSTS["student_eval_s"] - p.bank_sequences * p.seq_seconds * COSTS["bank_s_per_seq_second"]
+        reserve = cost("fixed_s", p) + (cost("real_s", p) if run.real_dir else 0.0)
+        train_s = (run.left() - reserve - cost("student_eval_s", p)
+                   - p.bank_sequences * p.seq_seconds * cost("bank_s_per_seq_second", p))
         epochs = min(epochs, student_epochs(p, train_s))
         if epochs != p.epochs:
             _say(run, f"student: {epochs} epochs instead of {p.epochs} to stay within the budget "
@@ -429,7 +491,7 @@ def stage_export(run: Run) -> dict:
     from kws_export.export_torchscript import export_torchscript
     from training.speech import SYNTHESIZED
 
-    scratch = _fresh(run.partial / "exported")
+    scratch = _fresh(run.partial / "export")
     s, t = run.ckpt("student"), run.ckpt("teacher")
     jobs: list[tuple[str, Callable[[Path], object]]] = [
         ("student.stream.onnx", lambda o: export_onnx_file(s, o, streaming=True)),
@@ -699,6 +761,12 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
         t0 = time.monotonic()
         try:
             record = getattr(module, f"stage_{name}")(run)
+        except BaseException:
+            # nothing of an unfinished stage reaches its final place; its scratch goes too (the
+            # student's is kept: `kws-train distill --resume` continues from its last epoch)
+            if name != "student":
+                shutil.rmtree(run.partial / name, ignore_errors=True)
+            raise
         finally:
             state["elapsed_s"] = run.elapsed()
             write_state(out, state)
