@@ -242,3 +242,38 @@ def test_plan_scales_with_the_budget_and_the_machine():
     assert make_plan(30, "medium", probe=ref).student_arch["hidden"] == 32
     with pytest.raises(KWSError, match="too small"):
         make_plan(6, probe=lambda: 0.2)  # a machine six times slower cannot do it in 6 min
+
+
+def _pair(a, b, diff, ok):
+    return {"a": a, "b": b, "mode": "stream", "max_abs_diff": diff, "ok": ok}
+
+
+@pytest.mark.parametrize("student_ok", [True, False])
+def test_verify_stage_is_strict_for_the_student_and_reports_the_teachers_int8w(finished, tmp_path, monkeypatch, student_ok):
+    """The deployed student must match everywhere (else exit 1); the teacher's int8-weights
+    file beyond the int8 tolerance is reported in verify.json and the card, not fatal."""
+    import shutil
+
+    import kws_export.verify as kv
+    from training import keyword as kwmod
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished["out"], out)
+    student = {"ok": student_ok, "pairs": [_pair("torch", "student.stream.int8w.onnx", 0.001 if student_ok else 0.3, student_ok)]}
+    teacher = {"ok": False, "pairs": [_pair("reference", "teacher.stream.onnx", 1e-7, True),
+                                      _pair("reference", "teacher.stream.int8w.onnx", 0.4, False)]}
+    monkeypatch.setattr(kv, "verify", lambda *a, **k: student)
+    monkeypatch.setattr(kwmod, "verify_embedding", lambda *a, **k: teacher)
+    state = state_of(out)
+    run = kwmod.Run(out, KEYWORD, kwmod.Plan.from_dict(state["plan"]), state, False, None, "", time.monotonic(), 0.0)
+    if student_ok:
+        kwmod.stage_verify(run)
+    else:
+        with pytest.raises(kwmod.VerifyFailed, match="student: torch vs student.stream.int8w.onnx") as exc:
+            kwmod.stage_verify(run)
+        assert exc.value.exit_code == 1
+    summary = json.loads((out / "verify.json").read_text())["summary"]
+    assert summary["teacher"]["int8w_beyond_tolerance"] == {"reference vs teacher.stream.int8w.onnx": 0.4}
+    if student_ok:
+        card = kwmod.stage_card(run) and (out / "README.md").read_text()
+        assert "int8 weights beyond tolerance" in card and "Use `teacher.stream.onnx`" in card

@@ -534,9 +534,19 @@ def stage_verify(run: Run) -> dict:
     summary = {name: {"ok": r["ok"], "pairs": {f"{p['a']} vs {p['b']}": {"max_abs_diff": p["max_abs_diff"], "ok": p["ok"]}
                                                for p in r["pairs"]}} for name, r in reports.items()}
     path = run.out / "verify.json"
+    # The deployed student must match everywhere, the teacher's fp32 step too.  The teacher's
+    # int8-weights file is kept but only reported: rounding the frozen embedding's conv weights
+    # to int8 can move its probability far beyond the int8 tolerance (0.4 measured), so the card
+    # says so and points to teacher.stream.onnx.
+    strict = lambda n, pair: n == "student" or "int8" not in pair  # noqa: E731
+    bad = [f"{n}: {pair}" for n, s in summary.items() for pair, v in s["pairs"].items() if not v["ok"] and strict(n, pair)]
+    loose = {pair: v["max_abs_diff"] for pair, v in summary["teacher"]["pairs"].items() if not v["ok"] and not strict("teacher", pair)}
+    if loose:
+        summary["teacher"]["int8w_beyond_tolerance"] = loose
+        _say(run, f"verify: teacher.stream.int8w.onnx is beyond the int8 tolerance (max |dp| "
+                  f"{max(loose.values()):.3f}); kept, reported in the card; use teacher.stream.onnx")
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps({"summary": summary, "reports": reports}, indent=1, default=str) + "\n")
-    bad = [f"{n}: {pair}" for n, s in summary.items() for pair, v in s["pairs"].items() if not v["ok"]]
     if bad:
         raise VerifyFailed(f"parity check failed ({'; '.join(bad)}); details in {path}")
     return {"outputs": ["verify.json"], "info": summary}
@@ -640,7 +650,7 @@ def stage_demo(run: Run) -> dict:
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise KWSError(f"runtime/detect.py failed on the demo stream: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-        events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        events = [{**json.loads(line), "source": "demo.wav"} for line in proc.stdout.splitlines() if line.strip()]
         bar.update(1)
     hits = [e for e in events if a - 0.2 <= e["time"] <= b + 1.2]
     demo = {"seconds": round(len(audio) / SAMPLE_RATE, 2), "keyword_at_s": [round(a, 2), round(b, 2)],
