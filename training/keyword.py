@@ -646,11 +646,11 @@ def stage_demo(run: Run) -> dict:
         model = run.out / "exported" / "student.stream.int8w.onnx"
         detect = Path(__file__).resolve().parents[1] / "runtime" / "detect.py"
         png = scratch / "probability.png"
-        proc = subprocess.run([sys.executable, str(detect), "--model", str(model), str(wav), "--json", "--plot", str(png)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, str(detect), "--model", str(model.resolve()), wav.name, "--json", "--plot",
+                               png.name], capture_output=True, text=True, cwd=scratch)  # the plot's title: demo.wav
         if proc.returncode != 0:
             raise KWSError(f"runtime/detect.py failed on the demo stream: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-        events = [{**json.loads(line), "source": "demo.wav"} for line in proc.stdout.splitlines() if line.strip()]
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
         bar.update(1)
     hits = [e for e in events if a - 0.2 <= e["time"] <= b + 1.2]
     demo = {"seconds": round(len(audio) / SAMPLE_RATE, 2), "keyword_at_s": [round(a, 2), round(b, 2)],
