@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from kws_export.cli_support import run_click_and_exit
-from training import cli_data, cli_train
+from training import cli_data, cli_keyword, cli_train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +15,7 @@ def cli() -> None:
     """Train kws-edge keyword spotters on CPU (CUDA when available)."""
 
 
-for _command in (*cli_data.COMMANDS, *cli_train.COMMANDS):
+for _command in (*cli_data.COMMANDS, *cli_train.COMMANDS, *cli_keyword.COMMANDS):
     cli.add_command(_command)
 
 

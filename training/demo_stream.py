@@ -43,19 +43,26 @@ def _track(text_pool: list[str], voice, rng: np.random.Generator, min_s: float) 
     return np.concatenate(parts[:-1])
 
 
-def make_demo(keyword: str = "sheila", seed: int = 0) -> tuple[np.ndarray, tuple[float, float]]:
-    """(audio float32 at 16 kHz, (start_s, end_s) of the keyword), the same for a seed."""
-    return run_isolated(_demo_audio, keyword, seed)
+def make_demo(keyword: str = "sheila", seed: int = 0, voices: list[str] | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """(audio float32 at 16 kHz, (start_s, end_s) of the keyword), the same for a seed.
+    ``voices``: voice ids to draw the three talkers from (e.g. a corpus's held-out test
+    voices) instead of the PREFERRED ones."""
+    return run_isolated(_demo_audio, keyword, seed, list(voices) if voices else None)
 
 
-def _demo_audio(keyword: str, seed: int) -> tuple[np.ndarray, tuple[float, float]]:
+def _demo_audio(keyword: str, seed: int, only: list[str] | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     engines = available_engines()
     if not engines:
         raise KWSError("no speech synthesizer found: install one with `sudo apt-get install espeak-ng flite`")
     if "espeak" in engines:
         check_keyword(keyword)
     voices = {v.id: v for v in list_voices(engines)}
-    preferred = [voices[i] for i in PREFERRED if i in voices] or list(voices.values())
+    if only is not None:
+        preferred = [voices[i] for i in only if i in voices]
+        if not preferred:
+            raise KWSError(f"none of the demo voices is installed ({', '.join(only[:3])} ...)")
+    else:
+        preferred = [voices[i] for i in PREFERRED if i in voices] or list(voices.values())
     rng = np.random.default_rng(seed)
     pick = [preferred[int(i)] for i in rng.choice(len(preferred), size=min(3, len(preferred)), replace=False)]
     while len(pick) < 3:

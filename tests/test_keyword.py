@@ -1,0 +1,279 @@
+"""`kws-train keyword TEXT --out DIR`: the whole command end to end on the tiny test preset
+(every stage runs for real, just small), interrupted by SIGTERM in the middle of a stage and
+resumed; the bad-input cases; the budget plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws_export.cli_support import run_click
+from kws_export.errors import KWSError
+from training.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYWORD = "hey nova"
+TINY = ["--sizes", "tiny", "--no-progress"]
+FIRST = ["data", "teacher", "student", "thresholds"]
+ALL = ["data", "teacher", "student", "thresholds", "export", "verify", "real", "demo", "card"]
+EXPORTS = ["student.stream.onnx", "student.stream.int8.onnx", "student.stream.int8w.onnx", "student.onnx", "student.ts",
+           "teacher.stream.onnx", "teacher.stream.int8w.onnx"]
+
+
+def kws_train(*args) -> int:
+    return run_click(cli, "kws-train", [str(a) for a in args])
+
+
+def state_of(out: Path) -> dict:
+    return json.loads((out / ".kws-keyword.json").read_text())
+
+
+def mtimes(out: Path, rels) -> dict:
+    return {r: (out / r).stat().st_mtime_ns for r in rels}
+
+
+def make_fake_dev_set(root: Path, keyword: str) -> Path:
+    """A dev set in the real one's layout, synthesized (a handful of clips): it exercises the
+    real-speech path (threshold on its stream, figures through the int8w file) in seconds."""
+    from kws_export.audio import write_wav
+    from training.synth import list_voices, slug, synthesize
+
+    voices = [v for v in list_voices(["flite"])][:3] or list_voices(["espeak"])[:3]
+    sc = root / "speech_commands_test_v0.02"
+    for word, n in ((keyword, 3), ("yes", 4), ("stop", 4)):
+        d = sc / slug(word)
+        d.mkdir(parents=True)
+        for i in range(n):
+            x = synthesize(word, voices[i % len(voices)], rate=0.9 + 0.1 * i)
+            clip = np.zeros(16000, np.float32)
+            clip[2000:2000 + min(len(x), 14000)] = x[:14000]
+            write_wav(d / f"spk{i}_nohash_0.wav", clip, 16000)
+    silence = sc / "_silence_"
+    silence.mkdir()
+    write_wav(silence / "s_nohash_0.wav", (0.001 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One run of the whole command: SIGTERM during the export stage, then --resume."""
+    base = tmp_path_factory.mktemp("keyword")
+    out = base / "run"
+    real = make_fake_dev_set(base / "real", KEYWORD)
+    import kws_export.export_torchscript as ets
+
+    original = ets.export_torchscript
+    calls = []
+
+    def terminate(*args, **kwargs):  # after three of the student's ONNX files are written
+        calls.append(args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop the stage")
+
+    ets.export_torchscript = terminate
+    try:
+        t0 = time.monotonic()
+        rc = kws_train("keyword", KEYWORD, "--out", out, "--real", real, *TINY)
+    finally:
+        ets.export_torchscript = original
+    interrupted = {"rc": rc, "state": state_of(out), "calls": len(calls),
+                   "listing": sorted(str(p.relative_to(out)) for p in out.rglob("*") if ".partial" in str(p) or "exported" in str(p)),
+                   "mtimes": mtimes(out, ["data/synth.json", "data/manifest.csv", "checkpoints/teacher.pt",
+                                          "checkpoints/student.pt", "thresholds.json"])}
+    rc2 = kws_train("keyword", KEYWORD, "--out", out, "--resume", "--real", real, *TINY)
+    return {"out": out, "real": real, "interrupted": interrupted, "rc": rc2, "seconds": time.monotonic() - t0}
+
+
+def test_interrupted_run_stops_cleanly_between_finished_stages(finished):
+    it = finished["interrupted"]
+    assert it["rc"] == 143 and it["calls"] == 1
+    assert list(it["state"]["stages"]) == FIRST  # export was running: not recorded
+    # nothing of the export reached DIR/exported, and its scratch was removed
+    assert not any(p.startswith("exported") for p in it["listing"])
+    assert not any(p.startswith(".partial/export") for p in it["listing"])
+
+
+def test_resume_finishes_without_redoing_finished_stages(finished):
+    out, it = finished["out"], finished["interrupted"]
+    assert finished["rc"] == 0
+    assert mtimes(out, it["mtimes"]) == it["mtimes"]
+    state = state_of(out)
+    assert list(state["stages"]) == ALL
+    for name in FIRST:
+        assert state["stages"][name]["outputs"] == it["state"]["stages"][name]["outputs"]
+    assert not (out / ".partial").exists()
+
+
+def test_layout_and_model_card(finished):
+    out = finished["out"]
+    for rel in ["data/synth.json", "checkpoints/teacher.pt", "checkpoints/student.pt", "README.md", "probability.png",
+                *[f"exported/{f}" for f in EXPORTS]]:
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
+    assert not (out / "exported" / "teacher.onnx").exists()  # by design: see the card
+    card = (out / "README.md").read_text()
+    assert f'Keyword spotter for "{KEYWORD}"' in card
+    assert "detect.py --model student.stream.int8w.onnx -" in card
+    assert "kws-train teacher --arch embedding" in card and "kws-train distill" in card
+    assert "absent by design" in card
+    assert "## Real speech" in card and "through `exported/student.stream.int8w.onnx`" in card
+    verify = json.loads((out / "verify.json").read_text())["summary"]
+    assert verify["student"]["ok"] and verify["teacher"]["ok"]
+    assert "torch vs student.stream.int8w.onnx" in verify["student"]["pairs"]
+    assert "reference vs teacher.stream.int8w.onnx" in verify["teacher"]["pairs"]
+    real = json.loads((out / "real.json").read_text())
+    assert real["measured"] and real["student"]["clips"]["keyword_clips"] == 3
+
+
+def test_threshold_is_the_exported_one(finished):
+    from kws_export.checkpoint import load_checkpoint
+    from kws_export.onnx_info import kws_metadata, load_onnx_model
+
+    out = finished["out"]
+    t = json.loads((out / "thresholds.json").read_text())
+    ckpt = load_checkpoint(out / "checkpoints" / "student.pt")
+    assert ckpt.metadata["threshold"] == pytest.approx(t["student"]["threshold"])
+    meta = kws_metadata(load_onnx_model(out / "exported" / "student.stream.int8w.onnx"))
+    assert float(meta["kws.threshold"]) == pytest.approx(t["student"]["threshold"])
+    assert meta["kws.keyword"] == KEYWORD
+
+
+def test_the_pi_file_runs_with_detect_py(finished):
+    out = finished["out"]
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["voices"].startswith("test split")
+    proc = subprocess.run([sys.executable, str(ROOT / "runtime" / "detect.py"), "--model",
+                           str(out / "exported" / "student.stream.int8w.onnx"), str(out / "demo.wav"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [round(e["time"], 3) for e in events] == [round(e["time"], 3) for e in demo["detections"]]
+
+
+def test_demo_voices_are_held_out_of_training(finished):
+    import csv
+
+    from training.keyword import held_out_voices
+
+    data = finished["out"] / "data"
+    train = {r["voice"] for r in csv.DictReader(open(data / "manifest.csv")) if r["split"] == "train"}
+    held = held_out_voices(data)
+    assert held and not set(held) & train
+
+
+def test_resume_of_a_finished_run_redoes_nothing_and_a_removed_output_is_remade(finished, capsys):
+    out, real = finished["out"], finished["real"]
+    before = mtimes(out, ["checkpoints/student.pt", "exported/student.stream.int8w.onnx", "probability.png"])
+    (out / "README.md").unlink()
+    assert kws_train("keyword", KEYWORD, "--out", out, "--resume", "--real", real, *TINY) == 0
+    assert mtimes(out, before) == before
+    assert (out / "README.md").is_file()
+    err = capsys.readouterr().err
+    assert "stage 9/9 card" in err and "stage 8/9" not in err
+
+
+@pytest.mark.parametrize("text", ["!!!", "你好", "  ", "¿?…"])
+def test_keyword_without_speakable_letters(text, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert kws_train("keyword", text, "--out", out, *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no speakable letters" in err
+    assert not out.exists()
+
+
+def test_non_empty_dir_without_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert kws_train("keyword", "computer", "--out", out, *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not empty" in err and "--resume" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_resume_in_a_dir_of_another_keyword(finished, capsys):
+    out = finished["out"]
+    before = state_of(out)
+    assert kws_train("keyword", "computer", "--out", out, "--resume", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"made for keyword '{KEYWORD}'" in err
+    assert state_of(out) == before
+
+
+def test_resume_in_a_foreign_dir(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "x").write_text("")
+    assert kws_train("keyword", "computer", "--out", out, "--resume", *TINY) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("minutes", ["0.5", "1", "0", "-3", "nan"])
+def test_budget_too_small(minutes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert kws_train("keyword", "computer", "--out", out, "--minutes", minutes, "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "too small" in err
+    assert not out.exists()
+
+
+def test_plan_scales_with_the_budget_and_the_machine():
+    from training.keyword import MARGIN, cost, make_plan, synth_seconds, teacher_seconds
+
+    ref = lambda: 0.032  # noqa: E731  the reference machine
+    slow = lambda: 0.064  # noqa: E731  twice as slow
+    p30, p60 = make_plan(30, probe=ref), make_plan(60, probe=ref)
+    assert p60.keyword_count > p30.keyword_count and p60.per_word > p30.per_word and p60.phrases > p30.phrases
+    assert p60.bank_sequences > p30.bank_sequences and p60.steps() > p30.steps()
+    s30 = make_plan(30, probe=slow)
+    assert s30.corpus_clips() < p30.corpus_clips() and s30.speed == pytest.approx(2.0)
+    for p in (p30, p60, s30):  # the estimate of every stage fits the budget
+        total = (synth_seconds(p) + teacher_seconds(p) + p.bank_sequences * p.seq_seconds * cost("bank_s_per_seq_second", p)
+                 + p.steps() * cost("student_s_per_step", p) + cost("student_eval_s", p) + cost("fixed_s", p))
+        assert total <= p.minutes * 60 * MARGIN + 1
+    assert make_plan(30, "medium", probe=ref).student_arch["hidden"] == 32
+    with pytest.raises(KWSError, match="too small"):
+        make_plan(6, probe=lambda: 0.2)  # a machine six times slower cannot do it in 6 min
+
+
+def _pair(a, b, diff, ok):
+    return {"a": a, "b": b, "mode": "stream", "max_abs_diff": diff, "ok": ok}
+
+
+@pytest.mark.parametrize("student_ok", [True, False])
+def test_verify_stage_is_strict_for_the_student_and_reports_the_teachers_int8w(finished, tmp_path, monkeypatch, student_ok):
+    """The deployed student must match everywhere (else exit 1); the teacher's int8-weights
+    file beyond the int8 tolerance is reported in verify.json and the card, not fatal."""
+    import shutil
+
+    import kws_export.verify as kv
+    from training import keyword as kwmod
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished["out"], out)
+    student = {"ok": student_ok, "pairs": [_pair("torch", "student.stream.int8w.onnx", 0.001 if student_ok else 0.3, student_ok)]}
+    teacher = {"ok": False, "pairs": [_pair("reference", "teacher.stream.onnx", 1e-7, True),
+                                      _pair("reference", "teacher.stream.int8w.onnx", 0.4, False)]}
+    monkeypatch.setattr(kv, "verify", lambda *a, **k: student)
+    monkeypatch.setattr(kwmod, "verify_embedding", lambda *a, **k: teacher)
+    state = state_of(out)
+    run = kwmod.Run(out, KEYWORD, kwmod.Plan.from_dict(state["plan"]), state, False, None, "", time.monotonic(), 0.0)
+    if student_ok:
+        kwmod.stage_verify(run)
+    else:
+        with pytest.raises(kwmod.VerifyFailed, match="student: torch vs student.stream.int8w.onnx") as exc:
+            kwmod.stage_verify(run)
+        assert exc.value.exit_code == 1
+    summary = json.loads((out / "verify.json").read_text())["summary"]
+    assert summary["teacher"]["int8w_beyond_tolerance"] == {"reference vs teacher.stream.int8w.onnx": 0.4}
+    if student_ok:
+        card = kwmod.stage_card(run) and (out / "README.md").read_text()
+        assert "int8 weights beyond tolerance" in card and "Use `teacher.stream.onnx`" in card
