@@ -77,9 +77,13 @@ def _plan(n_clips: int, labels: np.ndarray, recipe: WindowRecipe, sample_rate: i
 _W: dict = {}
 
 
-def _worker_init(clips, noises, config_dict, graphs, augment) -> None:
-    # A worker is ended by the pool, not by the CLI's SIGTERM handling (inherited through fork).
+def _pool_worker_init(*args) -> None:
+    # A pool worker is ended by the pool, not by the CLI's SIGTERM handling (inherited through fork).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_init(*args)
+
+
+def _worker_init(clips, noises, config_dict, graphs, augment) -> None:
     torch.set_num_threads(1)
     _W.update(clips=clips, noises=NoiseBank(noises, 32000), config=EmbeddingConfig.from_dict(config_dict),
               features=Features(graphs), augment=augment)
@@ -109,7 +113,7 @@ def embed_windows(clips: Sequence[np.ndarray], labels: np.ndarray, noises: Seque
         _worker_init(*init)
         results = map(_embed_batch, batches)
     else:
-        pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=init)
+        pool = mp.get_context("fork").Pool(workers, initializer=_pool_worker_init, initargs=init)
         results = pool.imap(_embed_batch, batches)
     try:
         done = 0
