@@ -54,7 +54,34 @@ def stream_probs(model: CRNN, audio: np.ndarray | torch.Tensor, device="cpu") ->
     return probs if batched else probs[0]
 
 
-class EmbeddingStreamer:
+class PieceStreamer:
+    """Whole steps of a stream fed in pieces of any length (the StreamScorer of
+    ``training.real``): ``process(samples)`` buffers what does not fill a step and returns the
+    probabilities of the steps completed (``_steps`` computes them, carrying the model's
+    state); ``flush()`` pads the buffered tail with silence to one whole step."""
+
+    step_samples: int
+
+    def process(self, samples) -> np.ndarray:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._pending.size:
+            x = np.concatenate([self._pending, x])
+        steps = x.size // self.step_samples
+        self._pending = x[steps * self.step_samples:].copy()
+        if steps == 0:
+            return np.zeros(0, np.float32)
+        return self._steps(x[: steps * self.step_samples])
+
+    def _steps(self, audio: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def flush(self) -> np.ndarray:
+        if not self._pending.size:
+            return np.zeros(0, np.float32)
+        return self.process(np.zeros(self.step_samples - self._pending.size, np.float32))
+
+
+class EmbeddingStreamer(PieceStreamer):
     """The speech-embedding model's streaming step over a stream fed in pieces (the
     StreamScorer of ``training.real``), never reset: the audio tail, the mel ring and the
     last embeddings are carried, so the probabilities equal ``EmbeddingKWS.stream`` (and the
@@ -78,23 +105,11 @@ class EmbeddingStreamer:
         self._ring = None
         self._embs = np.zeros((self.model.config.n_embeddings - 1, EMBEDDING_DIM), np.float32)
 
-    def process(self, samples) -> np.ndarray:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if self._pending.size:
-            x = np.concatenate([self._pending, x])
-        steps = x.size // self.step_samples
-        self._pending = x[steps * self.step_samples:].copy()
-        if steps == 0:
-            return np.zeros(0, np.float32)
-        e, self._tail, self._ring = self.model.features().stream_embeddings(x[: steps * self.step_samples], self._tail, self._ring)
+    def _steps(self, audio: np.ndarray) -> np.ndarray:
+        e, self._tail, self._ring = self.model.features().stream_embeddings(audio, self._tail, self._ring)
         probs = self.model.head_over(self._embs, e)
         self._embs = np.concatenate([self._embs, e])[-(self.model.config.n_embeddings - 1):]
         return probs
-
-    def flush(self) -> np.ndarray:
-        if not self._pending.size:
-            return np.zeros(0, np.float32)
-        return self.process(np.zeros(self.step_samples - self._pending.size, np.float32))
 
 
 def streamer_for(model, device="cpu"):
@@ -104,7 +119,7 @@ def streamer_for(model, device="cpu"):
     return EmbeddingStreamer(model) if isinstance(model, EmbeddingKWS) else CRNNStreamer(model, device)
 
 
-class CRNNStreamer:
+class CRNNStreamer(PieceStreamer):
     """``stream_probs`` over a stream fed in pieces of any length, never reset: the audio
     before each piece, the GRU hidden state and the last W-1 attention entries are carried,
     so the per-step probabilities equal ``stream_probs`` of the whole concatenated stream
@@ -133,16 +148,9 @@ class CRNNStreamer:
         self._energy = torch.full((1, spec.window_steps - 1), streaming.ENERGY_FILL, device=self.device)
 
     @torch.no_grad()
-    def process(self, samples) -> np.ndarray:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
-        if self._pending.size:
-            x = np.concatenate([self._pending, x])
-        steps = x.size // self.step_samples
-        self._pending = x[steps * self.step_samples:].copy()
-        if steps == 0:
-            return np.zeros(0, np.float32)
+    def _steps(self, x: np.ndarray) -> np.ndarray:
         spec, p = self.spec, self._p
-        audio = torch.from_numpy(np.ascontiguousarray(x[: steps * self.step_samples])).to(self.device)[None]
+        audio = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)[None]
         buffer = torch.cat([self._tail, audio], dim=1)
         self._tail = buffer[:, buffer.shape[1] - spec.prefix_samples:]
         mel = streaming.logmel_buffer(buffer, p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
@@ -158,13 +166,6 @@ class CRNNStreamer:
         keep = all_out.shape[1] - (w - 1)
         self._outs, self._energy = all_out[:, keep:], all_energy[:, keep:]
         return streaming.keyword_prob(context, p)[0].float().cpu().numpy()
-
-    def flush(self) -> np.ndarray:
-        """Pad the buffered tail (< one step) with silence to one whole step and score it."""
-        if not self._pending.size:
-            return np.zeros(0, np.float32)
-        pad = np.zeros(self.step_samples - self._pending.size, np.float32)
-        return self.process(pad)
 
 
 # Clip metrics ------------------------------------------------------------------------------
