@@ -223,3 +223,16 @@ def test_main_exits_1_on_a_mismatch(monkeypatch, tmp_path, capsys):
     assert len(rows) == len(models)
     for line in rows:  # the static int8 file passes with the same nudge; float files fail
         assert line.split()[-1] == ("ok" if ".int8.onnx" in line else "MISMATCH"), line
+
+
+def test_short_inputs_cut_the_resampling_input_and_stdin(tmp_path):
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    wav = tmp_path / "audio" / "synth-44k1-stereo.wav"
+    sf.write(str(wav), np.zeros((44100 * 10, 2), np.float32), 44100, subtype="PCM_16")
+    pcm = np.zeros(16000 * 10, "<i2").tobytes()
+    wavs, short_pcm = pc.short_inputs(tmp_path, [tmp_path / "audio" / "real.wav", wav], pcm)
+    x, rate = sf.read(str(wavs[0]))
+    assert rate == 44100 and x.shape == (int(pc.SHORT_WAV_S * 44100), 2)
+    assert len(short_pcm) == int(pc.SHORT_PCM_S * 16000) * 2
