@@ -485,14 +485,18 @@ SHORT_WAV_S, SHORT_PCM_S = 3.0, 2.0
 
 
 def short_inputs(cache: Path, wavs: list[Path], pcm: bytes) -> tuple[list[Path], bytes]:
-    """The 44.1 kHz stereo input cut to SHORT_WAV_S and the stdin payload cut to SHORT_PCM_S."""
+    """The 44.1 kHz stereo input (else the first) cut to SHORT_WAV_S, the stdin payload to SHORT_PCM_S."""
     import soundfile as sf
 
-    src = next(p for p in wavs if p.name.startswith("synth-44k1"))
+    cut = pcm[: int(SHORT_PCM_S * 16000) * 2]
+    if not wavs:
+        return [], cut
+    src = next((p for p in wavs if p.name.startswith("synth-44k1")), wavs[0])
     x, rate = sf.read(str(src), dtype="float32")
-    out = cache / "audio" / "short-44k1-stereo.wav"
+    out = cache / "audio" / f"short-{src.name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), x[: int(SHORT_WAV_S * rate)], rate, subtype="PCM_16")
-    return [out], pcm[: int(SHORT_PCM_S * 16000) * 2]
+    return [out], cut
 
 
 # Running -------------------------------------------------------------------------------------------
@@ -594,12 +598,12 @@ def main(argv=None) -> int:
 
     # x86-64 first (the reference), then every (model, board) run, `--jobs` at a time
     plan = []
-    short = short_inputs(cache, wavs, pcm)
     for model in models:
         meta = read_metadata(model)
         kind = quantization_kind(meta)
-        feed = short if meta.get("kws.arch") in HEAVY_ARCHS else (wavs, pcm)
-        if feed is short:
+        heavy = meta.get("kws.arch") in HEAVY_ARCHS
+        feed = short_inputs(cache, wavs, pcm) if heavy else (wavs, pcm)
+        if heavy:
             _log(f"{model.name}: kws.arch {meta.get('kws.arch')}: on {SHORT_WAV_S:g} s of the 44.1 kHz stereo input "
                  f"and {SHORT_PCM_S:g} s on stdin (~0.5 s of emulated CPU per step)")
         runs = cache / "runs" / model.name.removesuffix(".onnx")

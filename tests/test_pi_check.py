@@ -234,5 +234,5 @@ def test_short_inputs_cut_the_resampling_input_and_stdin(tmp_path):
     pcm = np.zeros(16000 * 10, "<i2").tobytes()
     wavs, short_pcm = pc.short_inputs(tmp_path, [tmp_path / "audio" / "real.wav", wav], pcm)
     x, rate = sf.read(str(wavs[0]))
-    assert rate == 44100 and x.shape == (int(pc.SHORT_WAV_S * 44100), 2)
+    assert wavs[0].name == "short-synth-44k1-stereo.wav" and rate == 44100 and x.shape == (int(pc.SHORT_WAV_S * 44100), 2)
     assert len(short_pcm) == int(pc.SHORT_PCM_S * 16000) * 2
