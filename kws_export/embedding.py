@@ -90,6 +90,11 @@ class EmbeddingConfig:
         return EmbeddingConfig(**{**self.to_dict(), **kw})
 
 
+def frozen_graphs_card() -> dict[str, dict[str, str]]:
+    """What a model card says of the frozen graphs: their hashes and where they come from."""
+    return {name: {"sha256": digest, "from": GRAPH_SOURCE} for name, digest in GRAPHS.items()}
+
+
 def is_embedding_config(d: dict) -> bool:
     return isinstance(d, dict) and d.get("arch") == ARCH
 

@@ -18,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from kws_export.embedding import (
-    CONTEXT_SAMPLES, EMBEDDING_DIM, GRAPH_SOURCE, GRAPHS, INT16_SCALE, MEL_BANDS, MEL_STRIDE, MEL_WINDOW,
-    STEP_SAMPLES, EmbeddingKWS, count_parameters, stream_states,
+    CONTEXT_SAMPLES, EMBEDDING_DIM, INT16_SCALE, MEL_BANDS, MEL_STRIDE, MEL_WINDOW,
+    STEP_SAMPLES, EmbeddingKWS, count_parameters, frozen_graphs_card, stream_states,
 )
 from kws_export.errors import KWSError
 from kws_export.fileio import sha256_file
@@ -121,7 +121,7 @@ def streaming_metadata(ckpt, model: EmbeddingKWS, source: str | Path, threshold:
     cfg = model.config
     card = {
         "source_kind": ckpt.kind, "arch": "embedding", "config": cfg.to_dict(), "params": count_parameters(model),
-        "frozen_graphs": {name: {"sha256": digest, "from": GRAPH_SOURCE} for name, digest in GRAPHS.items()},
+        "frozen_graphs": frozen_graphs_card(),
         "metrics": ckpt.metadata.get("metrics", {}), "data": ckpt.metadata.get("data_recipe", {}),
     }
     for key in ("name", "role", "created", "command", "threshold_source"):

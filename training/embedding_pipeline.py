@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from kws_export.checkpoint import save_checkpoint
-from kws_export.embedding import GRAPH_SOURCE, GRAPHS, EmbeddingConfig, EmbeddingKWS, find_graphs
+from kws_export.embedding import GRAPHS, EmbeddingConfig, EmbeddingKWS, find_graphs, frozen_graphs_card
 from kws_export.errors import KWSError
 from training.augment import AugmentConfig
 from training.embedding_train import (
     WindowRecipe, cached_embeddings, corpus_key, cpu_workers, embed_windows, train_head,
 )
 from training.metrics import au_fa_fr, frr_at_far
-from training.pipeline import check_out, command_line, json_safe, log, machine, open_corpus, plain, real_dir_of
+from training.pipeline import augment_config, check_out, command_line, json_safe, log, machine, open_corpus, plain, real_dir_of
 
 VAL_FAR = 0.001
 
@@ -36,8 +36,7 @@ VAL_FAR = 0.001
 def _augment(kw: dict) -> AugmentConfig | None:
     if kw.get("no_augment"):
         return None
-    fields = {k[4:]: v for k, v in kw.items() if k.startswith("aug_")}
-    cfg = AugmentConfig.from_dict({k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}) if fields else AugmentConfig()
+    cfg = augment_config(kw)
     cfg.specaugment = False  # the frozen embedding sees waveforms only
     return cfg
 
@@ -119,7 +118,7 @@ def run_embedding_teacher(kw: dict, argv: list[str]) -> dict:
         "threshold": threshold, "threshold_source": source, "metrics": json_safe(metrics),
         "data_recipe": {**corpus.recipe, "windows": recipe.key(), "augment": augment.to_dict() if augment else None,
                         "training_windows": int(len(y)), "training_keyword_windows": int(y.sum())},
-        "frozen_graphs": {name: {"sha256": digest, "from": GRAPH_SOURCE} for name, digest in GRAPHS.items()},
+        "frozen_graphs": frozen_graphs_card(),
         "train": {"solver": "L-BFGS, full batch, from zero", "l2": kw["l2"], "iterations": kw["iterations"],
                   "negative_weight": kw["negative_weight"], "seed": kw["seed"], "history": history},
         "command": command_line(argv), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -19,7 +19,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -202,12 +201,3 @@ def corpus_key(root: Path) -> str:
 
 def cpu_workers(requested: int | None) -> int:
     return max(1, requested if requested else min(2, os.cpu_count() or 1))
-
-
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.1f} s"
-
-
-def check_embedding_options(epochs: int, views: int) -> None:
-    if epochs <= 0 or views <= 0:
-        raise KWSError("--epochs and --views must be positive")

@@ -318,15 +318,20 @@ def _setup(kw: dict, keyword: str | None = None) -> Corpus:
     return open_corpus(kw["data"], kw.get("keyword") or keyword, kw["split_seed"])
 
 
-def make_augmenter(kw: dict, noises: list, sample_rate: int):
-    from training.augment import AugmentConfig, Augmenter
+def augment_config(kw: dict):
+    """The AugmentConfig the --aug-* / --no-* options describe (everything off with --no-augment)."""
+    from training.augment import AugmentConfig
 
     if kw.get("no_augment"):
-        config = AugmentConfig.none()
-    else:
-        config = AugmentConfig(**{k[4:]: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                  for k, v in kw.items() if k.startswith("aug_")})
-    return Augmenter(config, noises, sample_rate, seed=kw["seed"])
+        return AugmentConfig.none()
+    return AugmentConfig(**{k[4:]: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                            for k, v in kw.items() if k.startswith("aug_")})
+
+
+def make_augmenter(kw: dict, noises: list, sample_rate: int):
+    from training.augment import Augmenter
+
+    return Augmenter(augment_config(kw), noises, sample_rate, seed=kw["seed"])
 
 
 def run_teacher(kw: dict, argv: list[str]) -> dict:
