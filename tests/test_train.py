@@ -297,3 +297,24 @@ def test_select_real_keeps_the_best_epoch_on_the_real_dev_set(corpus, tmp_path):
     assert meta["training"]["objective"]["select"] == "real dev set clip AU-FA-FR"
     assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "x.pt", "--epochs", "1", *TINY, *FAST,
                      "--select-real", tmp_path / "nowhere") == 2
+
+
+def test_select_real_by_stream_ranks_epochs_by_the_real_stream(corpus, tmp_path):
+    from test_real import make_dev_set
+
+    dev = make_dev_set(tmp_path / "real")
+    out = tmp_path / "sel_stream.pt"
+    assert kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "3", "--lr", "3e-3", *TINY, *FAST,
+                     "--select-real", dev, "--select-real-by", "stream") == 0
+    meta = load_checkpoint(out).metadata
+    history = meta["training"]["history"]
+    for h in history:
+        # 3 keyword clips in the made-up stream; the score is 1 - mean recall over the three budgets
+        hits = [h[f"val_real_stream_hits_at_{fa}_fa_h"] for fa in ("0.5", "1", "2")]
+        assert h["val_real_stream_keywords"] == 3 and all(0 <= n <= 3 for n in hits)
+        assert h["val_select"] == pytest.approx(1 - sum(hits) / 9 + h["val_real_au_fa_fr"])
+    best = min(range(len(history)), key=lambda i: (history[i]["val_select"], history[i]["val_loss"]))
+    assert meta["training"]["best"]["epoch"] == best + 1
+    assert meta["training"]["objective"]["select"].startswith("real dev set stream")
+    assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "y.pt", "--epochs", "1", *TINY, *FAST,
+                     "--select-real", dev, "--select-real-by", "nonsense") == 2

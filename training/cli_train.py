@@ -86,6 +86,10 @@ def run_options(f, batch_size: int = 256):
                      help="Keep the epoch with the best clip AU-FA-FR on the real-speech dev set (DIR, or ../shared/real "
                           "next to the repository) instead of the synthetic validation split; the dev set is only scored, "
                           "never trained on."),
+        click.option("--select-real-by", "select_real_by", type=click.Choice(["clips", "stream"]), default="clips",
+                     show_default=True,
+                     help="With --select-real: rank epochs by the real clips' AU-FA-FR, or by the real stream as "
+                          "deployed (mean recall at <= 0.5 / 1 / 2 false alarms per hour; ~10 s more per epoch)."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("--setting", default=None,
                      help="Name of this compression setting in reports (e.g. 'KD small'); stored in the metadata."),
