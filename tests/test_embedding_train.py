@@ -63,13 +63,15 @@ def test_embedding_teacher_checkpoint(teacher, corpus):
 def test_student_distilled_from_the_embedding_teacher(teacher, corpus, tmp_path):
     out = tmp_path / "student.pt"
     rc = kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", out, "--epochs", "2",
-                   "--bank-sequences", "3", "--seq-seconds", "4", "--sequences", "2", *TINY, *FAST)
+                   "--bank-sequences", "3", "--bank-keyword-prob", "0.2", "--seq-seconds", "4", "--sequences", "2",
+                   *TINY, *FAST)
     assert rc == 0
     ckpt = load_checkpoint(out)
     assert not ckpt.is_embedding
     meta = ckpt.metadata
     assert meta["role"] == "student" and meta["parent_teacher"]["config"]["arch"] == "embedding"
     assert meta["training"]["objective"]["bank_sequences"] == 3
+    assert meta["training"]["objective"]["bank_keyword_prob"] == 0.2
     hist = meta["training"]["history"]
     assert all(np.isfinite(h["train_loss"]) for h in hist)
 
@@ -88,7 +90,7 @@ def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
     np.testing.assert_allclose(bank.teacher[1].numpy(), want, atol=1e-5)
 
 
-def test_embedding_options_fail_in_one_line(corpus, tmp_path, capsys):
+def test_embedding_options_fail_in_one_line(teacher, corpus, tmp_path, capsys):
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--views", "0") == 2
     assert "--views" in capsys.readouterr().err
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--epochs", "3") != 0
@@ -97,6 +99,11 @@ def test_embedding_options_fail_in_one_line(corpus, tmp_path, capsys):
     assert not (tmp_path / "t.pt").exists()
     crnn_teacher = tmp_path / "nope.pt"
     assert kws_train("distill", "--teacher", tmp_path / "missing.pt", "--data", corpus, "--out", crnn_teacher) == 2
+    assert not crnn_teacher.exists()
+    for bad in ("0", "1", "1.5"):
+        assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", crnn_teacher,
+                         "--bank-keyword-prob", bad) == 2
+        assert "--bank-keyword-prob" in capsys.readouterr().err
     assert not crnn_teacher.exists()
 
 

@@ -318,3 +318,20 @@ def test_select_real_by_stream_ranks_epochs_by_the_real_stream(corpus, tmp_path)
     assert meta["training"]["objective"]["select"].startswith("real dev set stream")
     assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "y.pt", "--epochs", "1", *TINY, *FAST,
                      "--select-real", dev, "--select-real-by", "nonsense") == 2
+
+
+def test_ema_keeps_and_saves_the_moving_average_of_the_weights(corpus, tmp_path):
+    out = tmp_path / "ema.pt"
+    assert kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "1", "--lr", "3e-3", *TINY, *FAST,
+                     "--ema", "0.9") == 0
+    ckpt = load_checkpoint(out)
+    state = torch.load(str(out) + ".state", weights_only=True)
+    saved = ckpt.state_dict
+    # one epoch: the kept weights are the average, which differs from the raw last step's
+    assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
+    assert any(not torch.equal(saved[k], state["model"][k]) for k in saved if saved[k].is_floating_point())
+    assert ckpt.metadata["training"]["options"]["ema"] == 0.9
+    for bad in ("1", "-0.5"):
+        assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "bad.pt", "--epochs", "1", *TINY, *FAST,
+                         "--ema", bad) == 2
+    assert not (tmp_path / "bad.pt").exists()

@@ -110,6 +110,9 @@ def run_options(f, batch_size: int = 256):
         click.option("--keyword-fraction", type=float, default=0.5, show_default=True,
                      help="Share of keyword clips in the balanced sample."),
         click.option("--weight-decay", type=float, default=1e-5, show_default=True),
+        click.option("--ema", type=float, default=0.0, show_default=True, metavar="DECAY",
+                     help="Validate, keep and save an exponential moving average of the weights with this per-step "
+                          "decay (e.g. 0.98; 0: off, the raw weights)."),
         click.option("--batch-size", type=int, default=batch_size, show_default=True),
     ]
     for o in opts:
@@ -244,6 +247,8 @@ def teacher(**kw):
               help="Embedding teacher: long augmented sequences the teacher scores once (the distillation bank).")
 @click.option("--seq-seconds", type=float, default=20.0, show_default=True, help="Embedding teacher: length of each sequence.")
 @click.option("--sequences", type=int, default=8, show_default=True, help="Embedding teacher: sequences per training step.")
+@click.option("--bank-keyword-prob", type=float, default=0.3, show_default=True,
+              help="Embedding teacher: chance that a slot of a bank sequence is a keyword (the rest: words and phrases).")
 @click.option("--clip-weight", type=float, default=0.3, show_default=True,
               help="Embedding teacher: weight of the hard clip loss beside the streaming losses.")
 @click.option("--prune-epochs", type=int, default=None, help="Epochs to reach the final sparsity (default: half of --epochs).")

@@ -41,6 +41,7 @@ class SequenceBank:
     teacher: torch.Tensor  # [N, steps] the teacher's per-step probabilities
     targets: torch.Tensor  # [N, steps] hard targets of the student's window
     masks: torch.Tensor  # [N, steps] scored steps
+    keyword_prob: float = 0.3  # chance that a slot of a sequence is a keyword
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -92,7 +93,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
         masks.append(m)
         if log and (s + 1) % 50 == 0:
             log(f"distill: teacher on {s + 1}/{sequences} sequences ({time.perf_counter() - t0:.0f} s)")
-    return SequenceBank(torch.stack(audio), torch.stack(teach).float(), torch.stack(targets), torch.stack(masks))
+    return SequenceBank(torch.stack(audio), torch.stack(teach).float(), torch.stack(targets), torch.stack(masks),
+                        keyword_prob)
 
 
 class EmbeddingStreamKD(StreamingObjective):
@@ -130,7 +132,8 @@ class EmbeddingStreamKD(StreamingObjective):
 
     def describe(self) -> dict:
         return {"objective": "streaming distillation from the speech-embedding teacher (cached sequence bank)",
-                "bank_sequences": int(len(self.bank.audio)), "seq_seconds": self.seq_seconds,
+                "bank_sequences": int(len(self.bank.audio)), "bank_keyword_prob": self.bank.keyword_prob,
+                "seq_seconds": self.seq_seconds,
                 "sequences_per_step": self.sequences, "clip_weight": self.clip_weight, "kd_weight": self.kd_weight,
                 "teacher_warmup_steps": self.teacher_warmup,
                 "targets": "teacher's per-step probability + hard 1/0 where the window holds all/none of a keyword"}

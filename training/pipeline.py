@@ -167,7 +167,7 @@ def train_options(kw: dict) -> TrainOptions:
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
         keyword_fraction=kw["keyword_fraction"], epoch_size=kw["epoch_size"], schedule=kw["schedule"],
         seed=kw["seed"], threads=kw["threads"], device=kw["device"], progress=not kw["no_progress"],
-        stop_after_epochs=kw.get("stop_after_epochs"),
+        stop_after_epochs=kw.get("stop_after_epochs"), ema=kw.get("ema") or 0.0,
     )
 
 
@@ -180,6 +180,8 @@ def validate_options(kw: dict) -> None:
         raise KWSError("--keyword-fraction must be between 0 and 1")
     if kw["lr"] <= 0:
         raise KWSError("--lr must be positive")
+    if not 0.0 <= (kw.get("ema") or 0.0) < 1.0:
+        raise KWSError("--ema must be in [0, 1) (0: off)")
 
 
 def machine() -> dict:
@@ -387,6 +389,8 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
         raise KWSError("--alpha must be between 0 and 1")
     if kw["temperature"] <= 0:
         raise KWSError("--temperature must be positive")
+    if not 0.0 < kw["bank_keyword_prob"] < 1.0:
+        raise KWSError("--bank-keyword-prob must be between 0 and 1 (exclusive)")
     if not 0.0 <= kw["prune"] < 1.0:
         raise KWSError("--prune must be in [0, 1)")
     teacher, parent = load_teacher(kw["teacher_path"])
@@ -429,7 +433,7 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
     log(f"student: the teacher on {kw['bank_sequences']} sequences of {kw['seq_seconds']:g} s "
         f"({0 if phrases is None else len(phrases)} phrase clips in the pool) ...")
     bank = build_bank(model.config, teacher, train, phrases, corpus.noises, augmenter, kw["bank_sequences"],
-                      kw["seq_seconds"], kw["seed"], log=log)
+                      kw["seq_seconds"], kw["seed"], keyword_prob=kw["bank_keyword_prob"], log=log)
     log(f"student: sequence bank ready in {time.perf_counter() - t0:.0f} s")
     objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, teacher.config.n_embeddings,
                                   kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"])

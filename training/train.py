@@ -99,6 +99,7 @@ class TrainOptions:
     schedule: str = "cosine"  # or "constant" (the seminar's)
     warmup_epochs: float = 1.0
     grad_clip: float = 5.0
+    ema: float = 0.0  # per-step decay of an exponential moving average of the weights (0: off)
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -241,6 +242,10 @@ def fit(
 
     start_epoch, best, history, elapsed = 0, None, [], 0.0
     best_state = None
+    # With opts.ema the weights that are validated, kept and saved are the moving average:
+    # it smooths the step-to-step noise that makes a small streaming model's false alarms
+    # jump from one epoch to the next.
+    ema = WeightAverage(model, opts.ema) if opts.ema > 0 else None
     if resume and state_path is not None and state_path.exists():
         state = load_state(state_path)
         if state.get("identity") != identity:
@@ -251,6 +256,8 @@ def fit(
         start_epoch, history, elapsed = int(state["epoch"]), list(state["history"]), float(state["elapsed"])
         best = state["best"]
         best_state = state["best_state"]
+        if ema is not None:
+            ema.load(state["ema"])
         objective.after_resume(model)
         log(f"resuming from {state_path} after epoch {start_epoch}")
     elif state_path is not None and state_path.exists():
@@ -290,6 +297,8 @@ def fit(
             optimizer.step()
             scheduler.step()
             objective.after_step(model)
+            if ema is not None:
+                ema.update(model)
             stats = {"loss": loss.item(), **stats}
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -297,6 +306,7 @@ def fit(
                 bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()}, refresh=False)
         pool.shutdown()
         objective.after_epoch(model, epoch)
+        raw = ema.swap_in(model) if ema is not None else None
         v = objective.validate(model, val, device)
         seconds = time.perf_counter() - t0
         elapsed += seconds
@@ -311,6 +321,8 @@ def fit(
             best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
             if on_best is not None:
                 on_best(model, record)
+        if raw is not None:
+            model.load_state_dict(raw)
         extra = "".join(f"  val {k} {x:.4g}" for k, x in v.items() if k not in ("au_fa_fr", "loss"))
         log(f"epoch {epoch + 1}/{opts.epochs}: loss {record['train_loss']:.4f}  val AU-FA-FR {v['au_fa_fr']:.6f}  "
             f"val loss {v['loss']:.4f}{extra}  {seconds:.1f} s{'  *best' if improved else ''}")
@@ -319,13 +331,41 @@ def fit(
                 "format": STATE_FORMAT, "identity": identity, "epoch": epoch + 1,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "elapsed": elapsed,
-                "best": best, "best_state": best_state,
+                "best": best, "best_state": best_state, **({"ema": ema.state} if ema is not None else {}),
             })
     if best_state is None:
         raise KWSError("training ended without an eligible epoch (more --epochs needed)")
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(int(best["epoch"]), best, history, elapsed, finished=len(history) >= opts.epochs)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights, updated after every
+    optimizer step (integer buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise KWSError(f"--ema must be between 0 and 1 (exclusive), got {decay}")
+        self.decay = float(decay)
+        self.state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, t in model.state_dict().items():
+            if t.is_floating_point():
+                self.state[k].mul_(self.decay).add_(t.detach(), alpha=1.0 - self.decay)
+            else:
+                self.state[k].copy_(t)
+
+    def load(self, state: dict) -> None:
+        self.state = {k: t.clone() for k, t in state.items()}
+
+    def swap_in(self, model: nn.Module) -> dict:
+        """Load the average into ``model``; returns the raw weights to put back."""
+        raw = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        return raw
 
 
 def save_state(path: Path, state: dict) -> None:
