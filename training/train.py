@@ -345,8 +345,8 @@ class WeightAverage:
     optimizer step (integer buffers are copied)."""
 
     def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise KWSError(f"--ema must be between 0 and 1 (exclusive), got {decay}")
+        if not 0.0 < decay < 1.0:  # the CLI checks --ema first; this guards direct callers
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.state = {k: t.detach().clone() for k, t in model.state_dict().items()}
 
