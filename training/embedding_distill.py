@@ -41,7 +41,7 @@ class SequenceBank:
     teacher: torch.Tensor  # [N, steps] the teacher's per-step probabilities
     targets: torch.Tensor  # [N, steps] hard targets of the student's window
     masks: torch.Tensor  # [N, steps] scored steps
-    keyword_prob: float = 0.3  # chance that a slot of a sequence is a keyword
+    keyword_prob: float  # chance that a slot of a sequence is a keyword
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
