@@ -203,8 +203,9 @@ def _two_pass(g: Graph, x: str, w: np.ndarray, b: str, quant: tuple[float, int],
     """x @ w.T + b with x and w each split in two so that int8 products reach ~16-bit
     accuracy: x = its uint8 rounding (fixed scale and zero point, ``quant``) + the
     remainder, which the quantizer calibrates to a ~255x finer scale; w = its int8
-    rounding (per row, scale max|row|/127: exactly what the quantizer picks, so it is
-    stored exactly) + the remainder, quantized to a ~255x finer scale.  Three int8 Gemm:
+    rounding (per row, scale max|row|/127; the quantizer's symmetric uint8 grid,
+    max|row|/127.5, stores it within half a step) + the remainder, quantized to a ~255x
+    finer scale.  Three int8 Gemm:
     coarse x with both weight parts, fine x with the coarse weights (fine x fine is below
     float32 noise).  The conv features feeding the first GRU layer span tens where all
     else the int8 graph quantizes spans +-1; one 8-bit pass of either costs ~0.02-0.03

@@ -189,6 +189,20 @@ def test_int8_runs_as_int8_kernels(fitted):
     assert ops.count("QGemm") == 7 and "Gemm" not in ops
 
 
+def test_int8_weights_are_uint8_so_no_cpu_saturates_them(fitted):
+    """U8S8 products saturate on x86 CPUs with AVX2 but no VNNI (docs/export.md): every
+    quantized weight of the static int8 file is uint8, symmetric around 128."""
+    d, _, _, _ = fitted
+    model = onnx.load(str(d / "fit.stream.int8.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    stored = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert not [n.name for n in stored if inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    weights = [n for n in stored if inits[n.input[0]].data_type == onnx.TensorProto.UINT8]
+    assert len(weights) == 6  # the 7 Gemms read 6 weights (two share the coarse W_ih); biases are int32
+    gemm_weights = [n for n in weights if onnx.numpy_helper.to_array(inits[n.input[2]]).size > 1]  # per channel
+    assert gemm_weights and all((onnx.numpy_helper.to_array(inits[n.input[2]]) == 128).all() for n in gemm_weights)
+
+
 @pytest.fixture(scope="module")
 def weights_int8(fitted, tmp_path_factory):
     d, _, _, _ = fitted
