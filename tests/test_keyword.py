@@ -227,10 +227,10 @@ def test_budget_too_small(minutes, tmp_path, capsys):
 
 
 def test_plan_scales_with_the_budget_and_the_machine():
-    from training.keyword import MARGIN, cost, make_plan, synth_seconds, teacher_seconds
+    from training.keyword import MARGIN, PROBE_REFERENCE_S, cost, make_plan, synth_seconds, teacher_seconds
 
-    ref = lambda: 0.032  # noqa: E731  the reference machine
-    slow = lambda: 0.064  # noqa: E731  twice as slow
+    ref = lambda: PROBE_REFERENCE_S  # noqa: E731  the reference machine
+    slow = lambda: 2 * PROBE_REFERENCE_S  # noqa: E731  twice as slow
     p30, p60 = make_plan(30, probe=ref), make_plan(60, probe=ref)
     assert p60.keyword_count > p30.keyword_count and p60.per_word > p30.per_word and p60.phrases > p30.phrases
     assert p60.bank_sequences > p30.bank_sequences and p60.steps() > p30.steps()
@@ -242,7 +242,35 @@ def test_plan_scales_with_the_budget_and_the_machine():
         assert total <= p.minutes * 60 * MARGIN + 1
     assert make_plan(30, "medium", probe=ref).student_arch["hidden"] == 32
     with pytest.raises(KWSError, match="too small"):
-        make_plan(6, probe=lambda: 0.2)  # a machine six times slower cannot do it in 6 min
+        make_plan(6, probe=lambda: 6 * PROBE_REFERENCE_S)  # a machine six times slower cannot do it in 6 min
+
+
+def test_student_stage_is_time_boxed_by_what_is_left(tmp_path):
+    """A real-size plan does not trust its epoch estimate: distill gets the time left (less the
+    final evaluation and later stages) as --time-box and at most MAX_EPOCHS epochs."""
+    import time as _time
+
+    from training import keyword as kwmod
+
+    plan = kwmod.make_plan(30, probe=lambda: kwmod.PROBE_REFERENCE_S)
+    run = kwmod.Run(tmp_path, "computer", plan, {"stages": {}}, False, None, "", _time.monotonic(), 12 * 60.0)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def command(args):
+        seen.append([str(a) for a in args])
+        raise Stop
+
+    run.command = command
+    with pytest.raises(Stop):
+        kwmod.stage_student(run)
+    args = seen[0]
+    assert args[args.index("--epochs") + 1] == str(kwmod.MAX_EPOCHS)
+    box = float(args[args.index("--time-box") + 1])
+    reserve = kwmod.cost("fixed_s", plan) + kwmod.cost("student_eval_s", plan)
+    assert box == pytest.approx((18 * 60.0 - reserve) / 60.0, abs=0.05)  # 18 of the 30 min were left
 
 
 def _pair(a, b, diff, ok):

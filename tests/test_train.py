@@ -120,6 +120,42 @@ def test_resume_continues_exactly(corpus, tmp_path):
         assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6), k
 
 
+def test_time_boxed_epochs_fit_what_is_left():
+    from training.train import time_boxed_epochs
+
+    assert time_boxed_epochs(95.0, 10.0, 60) == 10  # 1 run + 9 more of 10 s
+    assert time_boxed_epochs(1e6, 10.0, 60) == 60  # the cap
+    assert time_boxed_epochs(5.0, 10.0, 60) == 1 and time_boxed_epochs(-3.0, 10.0, 60) == 1
+
+
+def test_time_box_ends_training_and_its_epochs_survive_resume(corpus, tmp_path, monkeypatch):
+    import training.train as train_mod
+
+    common = ["--data", corpus, "--lr", "3e-3", *TINY, *FAST, "--eval-minutes", "0.2", "--val-minutes", "0.2"]
+    # a box spent by the first epoch: one epoch, and a finished, evaluated checkpoint
+    spent = tmp_path / "spent.pt"
+    assert kws_train("teacher", "--out", spent, "--epochs", "50", "--time-box", "0.0001", *common) == 0
+    meta = load_checkpoint(spent).metadata
+    assert meta["training"]["status"] == "done" and meta["training"]["epochs_planned"] == 1
+    assert len(meta["training"]["history"]) == 1 and "metrics" in meta
+    # a box that fits 3 of at most 50 epochs trains exactly as --epochs 3 (the schedule is
+    # stretched to the 3), and a resume keeps the 3 whatever box it is given
+    full, boxed = tmp_path / "full.pt", tmp_path / "boxed.pt"
+    assert kws_train("teacher", "--out", full, "--epochs", "3", *common) == 0
+    monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, epoch_s, cap: 3)
+    assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "10", "--stop-after-epochs", "1",
+                     *common) == 0
+    monkeypatch.undo()
+    assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "0.0001", "--resume", *common) == 0
+    a, b = load_checkpoint(full), load_checkpoint(boxed)
+    assert b.metadata["training"]["epochs_planned"] == 3
+    assert [h["train_loss"] for h in a.metadata["training"]["history"]] == pytest.approx(
+        [h["train_loss"] for h in b.metadata["training"]["history"]], rel=1e-6)
+    assert [h["lr"] for h in a.metadata["training"]["history"]] == pytest.approx(
+        [h["lr"] for h in b.metadata["training"]["history"]], rel=1e-9)
+    assert kws_train("teacher", "--out", tmp_path / "bad.pt", "--time-box", "0", *common) == 2
+
+
 def test_teacher_init_continues_from_a_checkpoint(teacher_ckpt, corpus, tmp_path):
     from kws_export.fileio import sha256_file
 

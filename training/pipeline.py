@@ -168,6 +168,7 @@ def train_options(kw: dict) -> TrainOptions:
         keyword_fraction=kw["keyword_fraction"], epoch_size=kw["epoch_size"], schedule=kw["schedule"],
         seed=kw["seed"], threads=kw["threads"], device=kw["device"], progress=not kw["no_progress"],
         stop_after_epochs=kw.get("stop_after_epochs"), ema=kw.get("ema") or 0.0,
+        time_box_s=None if kw.get("time_box") is None else 60.0 * kw["time_box"],
     )
 
 
@@ -176,6 +177,8 @@ def validate_options(kw: dict) -> None:
         raise KWSError("--epochs must be at least 1")
     if kw["batch_size"] < 1:
         raise KWSError("--batch-size must be at least 1")
+    if kw.get("time_box") is not None and not kw["time_box"] > 0:
+        raise KWSError("--time-box must be a positive number of minutes")
     if not 0.0 < kw["keyword_fraction"] < 1.0:
         raise KWSError("--keyword-fraction must be between 0 and 1")
     if kw["lr"] <= 0:
@@ -282,7 +285,7 @@ def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: Trai
     identity = plain({"role": role, "config": config.to_dict(), "data": corpus.recipe,
                 "objective": objective.describe(), "augment": augmenter.describe() if augmenter else None,
                 "options": {k: v for k, v in opts.as_dict().items()
-                            if k not in ("epochs", "progress", "threads", "device", "stop_after_epochs")}})
+                            if k not in ("epochs", "progress", "threads", "device", "stop_after_epochs", "time_box_s")}})
     command = command_line(argv)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     base = {
@@ -299,9 +302,9 @@ def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: Trai
 
     t0 = time.perf_counter()
     result = fit(model, objective, train, val, opts, augmenter, state_path=state_path_for(out), resume=kw["resume"],
-                 on_best=on_best, log=log, identity=identity)
+                 on_best=on_best, log=log, identity=identity, clock_start=kw.get("started"))
     if not result.finished:
-        log(f"{role}: stopped after epoch {len(result.history)} of {opts.epochs}; {out} holds the best epoch so far "
+        log(f"{role}: stopped after epoch {len(result.history)} of {result.epochs}; {out} holds the best epoch so far "
             f"({result.best_epoch}); continue with the same command plus --resume")
         return {}
     log(f"{role}: best epoch {result.best_epoch} (validation AU-FA-FR {result.best_val['val_au_fa_fr']:.6f}); "
@@ -315,6 +318,7 @@ def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: Trai
     meta = {
         **base,
         "training": {**base["training"], "status": "done", "best": result.best_val, "epochs_run": len(result.history),
+                     "epochs_planned": result.epochs,
                      "history": result.history},
         "training_time_s": round(result.train_seconds, 1),
         "wall_time_s": round(time.perf_counter() - t0, 1),
@@ -339,6 +343,7 @@ def _arch(kw: dict, keyword: str) -> CRNNConfig:
 
 def _setup(kw: dict, keyword: str | None = None) -> Corpus:
     validate_options(kw)
+    kw.setdefault("started", time.monotonic())  # where --time-box counts from
     set_threads(kw["threads"])
     return open_corpus(kw["data"], kw.get("keyword") or keyword, kw["split_seed"])
 

@@ -8,6 +8,7 @@ resumed run sees exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,10 @@ class TrainOptions:
     device: str = "auto"
     progress: bool = True
     stop_after_epochs: int | None = None  # end this invocation early (resume later)
+    # Time box: the epochs (the cap is `epochs`) are fixed after the first one, from its
+    # measured time, so that training ends within `time_box_s` of the command's start and the
+    # cosine schedule still completes.  None: no box.
+    time_box_s: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +210,7 @@ class FitResult:
     history: list
     train_seconds: float
     finished: bool = True
+    epochs: int = 0  # the epochs planned (after a time box fixed them)
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -224,12 +230,15 @@ def fit(
     on_best: Callable[[CRNN, dict], None] | None = None,
     log: Callable[[str], None] = print,
     identity: dict | None = None,
+    clock_start: float | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights.
 
     Validation picks the lowest (AU-FA-FR, validation loss): AU-FA-FR alone ties at 0 once
     the synthetic validation set is separated, and the loss then still ranks calibration.
-    A state file written after every epoch makes the run resumable (``resume=True``)."""
+    A state file written after every epoch makes the run resumable (``resume=True``).
+    ``clock_start`` (``time.monotonic()``, default: now) is where ``opts.time_box_s`` counts from."""
+    clock_start = time.monotonic() if clock_start is None else clock_start
     device = pick_device(opts.device)
     set_threads(opts.threads)
     model.to(device)
@@ -259,12 +268,18 @@ def fit(
         if ema is not None:
             ema.load(state["ema"])
         objective.after_resume(model)
+        if state.get("epochs") is not None and opts.time_box_s is not None:
+            # the time box already fixed the epochs (and with them the schedule) in the first invocation
+            opts = dataclasses.replace(opts, epochs=int(state["epochs"]))
+            scheduler.lr_lambdas = [lr_lambda(opts, steps_per_epoch)]
         log(f"resuming from {state_path} after epoch {start_epoch}")
     elif state_path is not None and state_path.exists():
         log(f"note: {state_path} exists from an earlier run; starting over (use --resume to continue it)")
 
+    boxed = opts.time_box_s is not None and start_epoch == 0
     stop_at = opts.epochs if not opts.stop_after_epochs else min(opts.epochs, start_epoch + opts.stop_after_epochs)
-    for epoch in range(start_epoch, stop_at):
+    epoch = start_epoch
+    while epoch < stop_at:
         t0 = time.perf_counter()
         model.train()
         order = balanced_indices(train.labels, epoch_size, opts.keyword_fraction, seeded(opts.seed, epoch))
@@ -326,18 +341,36 @@ def fit(
         extra = "".join(f"  val {k} {x:.4g}" for k, x in v.items() if k not in ("au_fa_fr", "loss"))
         log(f"epoch {epoch + 1}/{opts.epochs}: loss {record['train_loss']:.4f}  val AU-FA-FR {v['au_fa_fr']:.6f}  "
             f"val loss {v['loss']:.4f}{extra}  {seconds:.1f} s{'  *best' if improved else ''}")
+        if boxed and epoch == 0:
+            # The warm-up epoch does not depend on the total, so the total can still be set now.
+            fit_epochs = time_boxed_epochs(opts.time_box_s - (time.monotonic() - clock_start), seconds, opts.epochs)
+            if fit_epochs != opts.epochs:
+                log(f"time box: {fit_epochs} epochs fit in the {opts.time_box_s / 60:.1f} min box "
+                    f"({seconds:.1f} s per epoch; cap {opts.epochs})")
+                opts = dataclasses.replace(opts, epochs=fit_epochs)
+                scheduler.lr_lambdas = [lr_lambda(opts, steps_per_epoch)]
+                stop_at = opts.epochs if not opts.stop_after_epochs else min(opts.epochs, opts.stop_after_epochs)
         if state_path is not None:
             save_state(state_path, {
-                "format": STATE_FORMAT, "identity": identity, "epoch": epoch + 1,
+                "format": STATE_FORMAT, "identity": identity, "epoch": epoch + 1, "epochs": opts.epochs,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "elapsed": elapsed,
                 "best": best, "best_state": best_state, **({"ema": ema.state} if ema is not None else {}),
             })
+        epoch += 1
     if best_state is None:
         raise KWSError("training ended without an eligible epoch (more --epochs needed)")
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(int(best["epoch"]), best, history, elapsed, finished=len(history) >= opts.epochs)
+    return FitResult(int(best["epoch"]), best, history, elapsed, finished=len(history) >= opts.epochs, epochs=opts.epochs)
+
+
+def time_boxed_epochs(left_s: float, epoch_s: float, cap: int) -> int:
+    """Total epochs when one has run in ``epoch_s`` and ``left_s`` remain (at least 1, at most
+    ``cap``).  The first epoch is the slowest as a rule (warm-up of every cache and pool),
+    which leaves the headroom for a machine that gets busier."""
+    more = int(max(0.0, left_s) // max(1e-6, epoch_s))
+    return max(1, min(cap, 1 + more))
 
 
 class WeightAverage:
