@@ -14,7 +14,7 @@ Every exported/*.stream*.onnx runs on real audio (../shared/real when present), 
 synthesized speech, on a 44.1 kHz stereo file (the resampler) and on raw s16le PCM on
 stdin, once natively and once per board; the per-step probabilities (`detect.py --probs`)
 and the detections (`--json`) are compared.  Tolerance from each file's kws.quantization
-metadata: float32 activations (fp32, int8-weights) |dprob| <= 1e-5, static int8 <= 1e-3;
+metadata: float32 activations (fp32, int8-weights) |dprob| <= 1e-5, static int8 <= 5e-3;
 detections must be identical everywhere.  Prints a table; exit 1 on any mismatch.
 
 Where the tools cannot be had (no apt-get / root, no network) it prints one line starting
@@ -51,7 +51,11 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DONE = ".pi-check-complete"  # written last into a cache entry, naming what it holds: complete and current
 
 FLOAT_TOL = 1e-5  # float32 arithmetic: fp32 and int8-weights files
-STATIC_INT8_TOL = 1e-3  # quantized activations
+# Quantized activations: ARM's and x86's integer kernels round a few activations to the
+# neighbouring uint8 level.  With uint8 weights (the U8U8 export) the seminar teacher moves
+# by 2.9e-3 (6.7e-4 with the int8 weights of before, which saturate on AVX2-only x86), inside
+# the 0.02 every int8 file is held to against its float model; detections stay identical.
+STATIC_INT8_TOL = 5e-3
 
 
 class Skip(Exception):

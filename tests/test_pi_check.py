@@ -33,7 +33,7 @@ def test_quantization_kind_from_metadata():
     # a description this script does not know gets the looser bound, not the float one
     assert pc.quantization_kind({"kws.quantization": "something new"}) == "static-int8"
     assert pc.tolerance("fp32") == pc.tolerance("int8-weights") == 1e-5
-    assert pc.tolerance("static-int8") == 1e-3
+    assert pc.tolerance("static-int8") == 5e-3
 
 
 def test_shipped_exports_are_classified_by_metadata_not_name():
@@ -110,8 +110,8 @@ def test_compare_reports_each_kind_of_mismatch(case, message):
 
 def test_static_int8_bound_and_identical_detections():
     ref = _tracks(a=([0.1, 0.9], [(0.16, 0.9)]))
-    assert pc.compare(ref, _tracks(a=([0.1009, 0.9], [(0.16, 0.9)])), pc.STATIC_INT8_TOL).ok
-    assert not pc.compare(ref, _tracks(a=([0.1011, 0.9], [(0.16, 0.9)])), pc.STATIC_INT8_TOL).ok
+    assert pc.compare(ref, _tracks(a=([0.1049, 0.9], [(0.16, 0.9)])), pc.STATIC_INT8_TOL).ok
+    assert not pc.compare(ref, _tracks(a=([0.1051, 0.9], [(0.16, 0.9)])), pc.STATIC_INT8_TOL).ok
     moved = pc.compare(ref, _tracks(a=([0.1, 0.9], [(0.08, 0.9)])), pc.STATIC_INT8_TOL)  # same count, other time
     assert not moved.ok and "detections at [0.08]" in moved.problems[0]
 
@@ -127,7 +127,7 @@ def test_table_and_exit_code():
     assert table[0].split()[:3] == ["model", "quantization", "board"]
     assert set(table[1]) <= {"-", " "}
     assert table[2].split()[-1] == "ok" and table[3].split()[-1] == "MISMATCH"
-    assert "m.stream.int8.onnx" in table[3] and "0.001" in table[3] and "1e-05" in table[2]
+    assert "m.stream.int8.onnx" in table[3] and "0.005" in table[3] and "1e-05" in table[2]
     assert table[0].index("result") == table[2].rindex("ok") == table[3].index("MISMATCH")  # aligned columns
     assert pc.exit_code([ok]) == 0
     assert pc.exit_code([ok, bad]) == 1
