@@ -104,6 +104,7 @@ class StreamingModel:
             self.chunk_samples = int(meta["kws.chunk_samples"])
             self.step_samples = int(meta["kws.step_samples"])
             self.threshold = float(meta["kws.threshold"])
+            self.patience = int(meta.get("kws.patience", 1))  # optional: steps in a row at the threshold
         except (TypeError, ValueError) as exc:
             raise self._fail(f"bad metadata value ({exc})") from None
         if version > FORMAT_VERSION:
@@ -114,6 +115,8 @@ class StreamingModel:
             )
         if not 0.0 <= self.threshold <= 1.0:
             raise self._fail(f"threshold {self.threshold} is not a probability")
+        if self.patience < 1:
+            raise self._fail(f"kws.patience {self.patience} is not a whole number of steps >= 1")
         self.steps_per_call = self.chunk_samples // self.step_samples
         declared = meta.get("kws.steps_per_call", self.steps_per_call)  # optional, informative
         if declared != self.steps_per_call:
@@ -249,13 +252,15 @@ class Detector:
     ``process(samples)`` takes any number of mono samples at the model's sample rate (float
     in [-1, 1] or int16), buffers them to whole chunks and returns the detections they
     complete, each ``{"time": seconds, "prob": p, "keyword": k}``.  An event fires when the
-    (optionally smoothed) probability reaches ``threshold``; the detector then stays silent
-    for ``refractory_ms`` (one event per utterance).  Times are the end of the step's audio
+    (optionally smoothed) probability has been at or above ``threshold`` for ``patience``
+    steps in a row (openWakeWord's patience; default: the model's ``kws.patience``, else 1);
+    the detector then stays silent for ``refractory_ms`` (one event per utterance).  Times are the end of the step's audio
     in seconds from the start of the stream.  Instances share no state.
     """
 
     def __init__(self, model_path: str, threshold: float | None = None, smooth: int = 1,
-                 refractory_ms: float = 1000.0, keep_history: bool = True, threads: int = 1):
+                 refractory_ms: float = 1000.0, keep_history: bool = True, threads: int = 1,
+                 patience: int | None = None):
         self.model = StreamingModel(model_path, threads=threads)
         m = self.model
         self.keyword, self.sample_rate = m.keyword, m.sample_rate
@@ -268,6 +273,10 @@ class Detector:
             raise DetectError(f"smooth must be a whole number of steps >= 1, got {smooth}")
         if refractory_ms < 0:
             raise DetectError(f"refractory_ms must be >= 0, got {refractory_ms}")
+        patience = m.patience if patience is None else patience
+        if int(patience) != patience or patience < 1:
+            raise DetectError(f"patience must be a whole number of steps >= 1, got {patience}")
+        self.patience = int(patience)
         self.smooth = int(smooth)
         self.refractory_ms = float(refractory_ms)
         self._refractory_samples = self.refractory_ms * self.sample_rate / 1000.0
@@ -281,6 +290,8 @@ class Detector:
         self._pending_len = 0
         self._steps_done = 0  # steps the model has consumed, padding included
         self._last_event_step: int | None = None
+        self._last_above: int | None = None  # the last step at or above the threshold
+        self._run = 0  # steps in a row at or above the threshold, up to that one
         self._recent = np.zeros(self.smooth - 1, np.float64)  # raw probabilities the moving average still needs
         self._history: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first step, probs, scores)
 
@@ -363,6 +374,10 @@ class Detector:
         events = []
         for i in (scores >= self.threshold).nonzero()[0]:  # loops over above-threshold steps only
             step = first + int(i)
+            self._run = self._run + 1 if self._last_above == step - 1 else 1
+            self._last_above = step
+            if self._run < self.patience:
+                continue
             last = self._last_event_step
             if last is None or (step - last) * self.step_samples >= self._refractory_samples:
                 self._last_event_step = step
@@ -372,7 +387,7 @@ class Detector:
     def _emit_one(self, probs: np.ndarray) -> list[dict]:
         """``_emit`` for one call's fresh probabilities, scalar arithmetic where the steps
         are one (a live stream pays this per 80 ms; numpy's per-call cost would dominate)."""
-        if self.smooth != 1 or len(probs) != 1:
+        if self.smooth != 1 or self.patience != 1 or len(probs) != 1:
             return self._emit(probs, len(probs))
         step = self._steps_done
         self._steps_done = step + 1
@@ -873,6 +888,8 @@ def _parse_args(argv):
     p.add_argument("--mic", action="store_true", help="listen to the default microphone (needs sounddevice); Ctrl-C stops")
     p.add_argument("--threshold", type=float, default=None, help="detection threshold (default: the model's kws.threshold)")
     p.add_argument("--smooth", type=int, default=1, metavar="N", help="moving average of the last N step probabilities (default 1: off)")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="fire only after N steps in a row at or above the threshold (default: the model's kws.patience, else 1)")
     p.add_argument("--refractory-ms", type=float, default=1000.0, help="silence after a detection, one event per utterance (default 1000)")
     p.add_argument("--json", action="store_true", help='print JSON lines {"time", "prob", "keyword", "source"}')
     p.add_argument("--plot", metavar="OUT.png", help="write probability over time with threshold and detections")
@@ -901,7 +918,7 @@ def run_cli(argv=None) -> int:
         _check_plot_path(args.plot)
     if args.probs:
         _check_output_path(args.probs, "--probs", "the probabilities", "a CSV file")
-    detector = Detector(args.model, threshold=args.threshold, smooth=args.smooth,
+    detector = Detector(args.model, threshold=args.threshold, smooth=args.smooth, patience=args.patience,
                         refractory_ms=args.refractory_ms, keep_history=bool(args.plot or args.probs), threads=args.threads)
     rate = detector.sample_rate
     # Open every file first: a bad one fails before anything is printed.

@@ -190,6 +190,11 @@ def test_stream_hits_false_alarms_and_sweep(dev_dir):
     assert chosen["at_threshold"]["threshold"] == pytest.approx(0.91) and "0.5 false alarms" in chosen["threshold_source"]
     with pytest.raises(KWSError, match="returned"):
         real.evaluate_stream(dev, real.CallableStream(lambda a: np.zeros(3), step), threshold=0.5)
+    # patience 2: the one-step spike no longer fires; the keywords (loud for many steps) still do
+    patient = real.evaluate_stream(dev, real.CallableStream(lambda a: loudness(a, quiet[len(quiet) // 2]), step),
+                                   threshold=0.3, patience=2)
+    assert patient["patience"] == 2 and r["patience"] == 1
+    assert (patient["at_threshold"]["hits"], patient["at_threshold"]["false_alarms"]) == (3, 2)
 
 
 def test_crnn_streamer_equals_stream_probs_across_pieces():
@@ -258,7 +263,8 @@ def test_eval_real_bad_inputs_are_one_line_errors(dev_dir, tmp_path, capsys):
     cases = [(["--real", tmp_path / "nope"], "real dev set not found"), (["--real", tmp_path], "not the real dev set"),
              (["--real", dev_dir, "--keyword", "marvin"], "no clips for keyword 'marvin'"), ([], "give --data"),
              (["--real", dev_dir, "--real-max-fa", "1", "--threshold", "0.5"], "give one"),
-             (["--onnx", tmp_path / "missing.onnx", "--real", dev_dir], "missing.onnx")]
+             (["--onnx", tmp_path / "missing.onnx", "--real", dev_dir], "missing.onnx"),
+             (["--real", dev_dir, "--patience", "0"], "--patience must be")]
     for extra, words in cases:
         capsys.readouterr()
         assert kws_train("eval", "--ckpt", STUDENT, *extra) == 2, extra

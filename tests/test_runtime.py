@@ -290,6 +290,39 @@ def test_threshold_refractory_and_smoothing(models):
             Detector(models["dc1"], **bad)
 
 
+def test_patience_waits_for_steps_in_a_row_and_matches_the_evaluation(models):
+    """--patience N (openWakeWord's patience): an event needs N steps in a row at or above the
+    threshold; the streaming detector, in any chunking, fires exactly where the evaluation's
+    offline rule (training.real.patience_scores, then detect_events) does."""
+    from training.metrics import detect_events
+    from training.real import patience_scores
+
+    levels = np.zeros(600)  # 10 ms steps; runs of 2, 4, 1+1+1 and 6 steps, more than 1 s apart
+    levels[[10, 11, 150, 151, 152, 153, 300, 302, 304, 450, 451, 452, 453, 454, 455]] = 0.9
+    x = np.repeat(levels, STEP).astype(np.float32)
+    step_s = STEP / RATE
+    for patience, fired in ((1, [10, 150, 300, 450]), (2, [11, 151, 451]), (3, [152, 452]), (4, [153, 453]), (7, [])):
+        det = Detector(models["dc1"], threshold=0.65, patience=patience)
+        events = feed_all(det, x)
+        assert [round(e["time"] / step_s) - 1 for e in events] == fired, patience
+        offline = detect_events(patience_scores(det.probs, patience), step_s, 0.65, 1.0)
+        np.testing.assert_allclose([e["time"] for e in events], offline)
+        for seed in range(2):  # the run of steps is carried across calls
+            again = Detector(models["dc1"], threshold=0.65, patience=patience)
+            assert feed_random(again, x, np.random.default_rng(seed)) == events
+    # on a real-looking track, in the multi-step graph, with smoothing before the patience
+    y = bursty(seconds=6.0, seed=3)
+    whole = Detector(models["energy4"], threshold=0.6, patience=3, smooth=2)
+    events = feed_all(whole, y)
+    offline = detect_events(patience_scores(whole.scores, 3), step_s, 0.6, 1.0)
+    np.testing.assert_allclose([e["time"] for e in events], offline)
+    assert feed_random(Detector(models["energy4"], threshold=0.6, patience=3, smooth=2), y, np.random.default_rng(5)) == events
+    np.testing.assert_array_equal(patience_scores(np.array([0.2, 0.9, 0.5, 0.7]), 2), [-np.inf, 0.2, 0.5, 0.5])
+    for bad in (0, 1.5, -2):
+        with pytest.raises(DetectError):
+            Detector(models["dc1"], patience=bad)
+
+
 def test_default_threshold_is_the_models(tmp_path):
     m = build_model(tmp_path / "t.onnx", kind="dc", threshold=0.37, keyword="marvin")
     det = Detector(m)
@@ -589,9 +622,11 @@ def test_cli_plain_json_and_options(tmp_path, models):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 2
     r = run_detect("--model", models["dc1"], a, a, "--threshold", "0.9")
     assert r.stdout.splitlines() == [f"{a}  1.51 s  0.950  sheila"] * 2
-    for bad in (["--smooth", "0"], ["--threshold", "2"], []):
+    r = run_detect("--model", models["dc1"], a, "--threshold", "0.7", "--patience", "2", "--json")
+    assert r.returncode == 0 and r.stdout == ""  # single-step peaks never last two steps
+    for bad in (["--smooth", "0"], ["--threshold", "2"], ["--patience", "0"], []):
         r = run_detect("--model", models["dc1"], *([a] if bad else []), *bad)
-        assert r.returncode == 2 and r.stdout == ""
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_stdin_stream_ending_mid_chunk(models):

@@ -70,6 +70,9 @@ def real_options(f, eval_only: bool = False):
             click.option("--onnx", "onnx", type=click.Path(path_type=Path), default=None,
                          help="Score the real stream with this streaming ONNX export through runtime/detect.py's Detector "
                               "(its kws.threshold unless --threshold; implies --real) instead of the checkpoint in process."),
+            click.option("--patience", type=int, default=None, metavar="N",
+                         help="Real stream: a detection needs N steps in a row at or above the threshold (runtime/"
+                              "detect.py --patience; default: the ONNX file's kws.patience, else 1)."),
             click.option("--real-max-fa", type=float, default=None, metavar="FA_PER_H",
                          help="Choose the decision threshold on the real stream: the lowest with at most FA_PER_H false "
                               "alarms per hour; every figure (synthetic ones too) is then at that threshold."),

@@ -493,6 +493,10 @@ def run_eval(kw: dict) -> dict:
     use_real = kw.get("real") is not None or kw.get("onnx") is not None
     if kw.get("data") is None and not use_real:
         raise KWSError("give --data (a synthetic corpus) and/or --real [DIR] (the real-speech dev set)")
+    if kw.get("patience") is not None and not kw["patience"] >= 1:
+        raise KWSError("--patience must be a whole number of steps >= 1")
+    if kw.get("patience") is not None and not use_real:
+        raise KWSError("--patience applies to the real stream: add --real [DIR]")
     if kw.get("real_max_fa") is not None:
         if kw["threshold"] is not None:
             raise KWSError("--threshold and --real-max-fa both choose the threshold: give one")
@@ -522,7 +526,8 @@ def run_eval(kw: dict) -> dict:
         own = kw.get("onnx") is not None and kw["threshold"] is None  # the ONNX file's kws.threshold
         real_result = evaluate_real(model, dev, None if own else threshold, onnx=kw.get("onnx"),
                                     stream=not kw.get("no_real_stream"), seed=kw["seed"], device=device,
-                                    choose_fa_per_hour=kw.get("real_max_fa"), threads=kw["threads"])
+                                    choose_fa_per_hour=kw.get("real_max_fa"), threads=kw["threads"],
+                                    patience=kw.get("patience"))
         if kw.get("real_max_fa") is not None:
             threshold, source = real_result["threshold"], real_result["threshold_source"]
         elif own and "stream" in real_result:

@@ -413,6 +413,7 @@ class DetectorStream:
         self.sample_rate = d.sample_rate
         self.step_seconds = d.step_samples / d.sample_rate
         self.threshold = float(d.threshold)
+        self.patience = int(d.patience)  # the model's kws.patience (applied to the track in stream_figures)
         self._seen = 0
 
     def _new(self) -> np.ndarray:
@@ -457,15 +458,30 @@ def stream_track(dev: RealDevSet, stream: RealStream, scorer, piece_seconds: flo
     return np.concatenate(parts)
 
 
+def patience_scores(probs: np.ndarray, patience: int) -> np.ndarray:
+    """The value a threshold meets at each step when the detector waits for ``patience``
+    steps in a row at or above it (``runtime.detect.Detector``'s patience): the minimum of
+    the last ``patience`` probabilities, -inf before ``patience`` steps have been seen."""
+    probs = np.asarray(probs, np.float64)
+    if patience <= 1 or probs.size == 0:
+        return probs
+    out = np.full(probs.shape, -np.inf)
+    if probs.size >= patience:
+        out[patience - 1:] = np.lib.stride_tricks.sliding_window_view(probs, patience).min(axis=1)
+    return out
+
+
 def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, threshold: float | None,
-                   choose_fa_per_hour: float | None = None) -> dict:
+                   choose_fa_per_hour: float | None = None, patience: int = 1) -> dict:
     """Hits, recall and false alarms per hour at ``threshold`` and the sweep.  With
     ``choose_fa_per_hour`` the threshold is chosen here instead: the sweep's lowest with at
-    most that many false alarms per hour (``threshold_source`` says so)."""
+    most that many false alarms per hour (``threshold_source`` says so).  ``patience``: a
+    detection needs that many steps in a row at or above the threshold."""
     duration = stream.seconds
     expected = math.ceil(stream.samples / (step_seconds * stream.sample_rate) - 1e-9)
     if abs(probs.size - expected) > 1:
         raise KWSError(f"the stream scorer returned {probs.size} steps for {expected} steps of audio")
+    probs = patience_scores(probs, patience)
 
     def at(t: float) -> dict:
         events = detect_events(probs, step_seconds, t, REFRACTORY_S)
@@ -474,7 +490,8 @@ def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, t
                                   "duplicate_detections", "detections")}
 
     out = {"hours": duration / 3600.0, "clips": int(stream.order.size), "keywords": len(stream.spans),
-           "seed": stream.seed, "step_seconds": step_seconds, "refractory_s": REFRACTORY_S, "tolerance_s": TOLERANCE_S}
+           "seed": stream.seed, "step_seconds": step_seconds, "refractory_s": REFRACTORY_S, "tolerance_s": TOLERANCE_S,
+           "patience": int(patience)}
     grid = [at(float(t)) for t in SWEEP_GRID]
     fa = np.array([g["false_alarms_per_hour"] for g in grid])
     sweep = []
@@ -502,21 +519,23 @@ def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, t
 
 def evaluate_stream(dev: RealDevSet, scorer, threshold: float | None = None, seed: int = 0,
                     indices: Sequence[int] | None = None, piece_seconds: float = PIECE_SECONDS,
-                    choose_fa_per_hour: float | None = None) -> dict:
+                    choose_fa_per_hour: float | None = None, patience: int | None = None) -> dict:
     """The real stream through ``scorer`` at ``threshold`` (default: the scorer's own, or the
-    one ``choose_fa_per_hour`` picks on this stream)."""
+    one ``choose_fa_per_hour`` picks on this stream) and ``patience`` (default: the scorer's
+    own, else 1)."""
     if getattr(scorer, "sample_rate", dev.sample_rate) != dev.sample_rate:
         raise KWSError(f"the stream model runs at {scorer.sample_rate} Hz, the dev set was read at {dev.sample_rate} Hz")
     stream = build_stream(dev.load(), seed, indices)
     probs = stream_track(dev, stream, scorer, piece_seconds)
     t = threshold if threshold is not None else getattr(scorer, "threshold", None)
-    return stream_figures(probs, stream, float(scorer.step_seconds), t, choose_fa_per_hour)
+    n = patience if patience is not None else int(getattr(scorer, "patience", 1))
+    return stream_figures(probs, stream, float(scorer.step_seconds), t, choose_fa_per_hour, n)
 
 
 # One checkpoint on the whole dev set (what `kws-train eval --real` and `report --real` run) --------
 def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | Path | None = None,
                   stream: bool = True, seed: int = 0, device="cpu", choose_fa_per_hour: float | None = None,
-                  threads: int = 1, extra_negatives: bool = True) -> dict:
+                  threads: int = 1, extra_negatives: bool = True, patience: int | None = None) -> dict:
     """Clips through ``model``'s offline clip model; the stream through the streaming ONNX
     export ``onnx`` (runtime Detector) when given, else through the model in process
     (``CRNNStreamer``, the same semantics).  ``threshold`` is the model's; the ONNX's own
@@ -538,7 +557,7 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
         else:
             scorer = streamer_for(model, device)
             model_name = f"checkpoint, in-process streaming (training.evaluate.{type(scorer).__name__})"
-        s = evaluate_stream(dev, scorer, threshold, seed, choose_fa_per_hour=choose_fa_per_hour)
+        s = evaluate_stream(dev, scorer, threshold, seed, choose_fa_per_hour=choose_fa_per_hour, patience=patience)
         s["model"] = model_name
         if choose_fa_per_hour is not None:
             threshold, source = s["at_threshold"]["threshold"], s["threshold_source"]
