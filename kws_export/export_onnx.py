@@ -284,6 +284,15 @@ def threshold_of(ckpt: Checkpoint) -> float:
     return t if 0.0 <= t <= 1.0 else DEFAULT_THRESHOLD
 
 
+def patience_of(ckpt) -> dict[str, Any]:
+    """``{"kws.patience": N}`` when training stored a detection patience above 1 (steps in a
+    row at the threshold, with which the threshold was chosen), else nothing."""
+    value = ckpt.metadata.get("patience")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 1:
+        return {}
+    return {"kws.patience": value}
+
+
 def model_card(ckpt: Checkpoint, model: CRNN) -> dict[str, Any]:
     meta = ckpt.metadata
     card: dict[str, Any] = {
@@ -329,6 +338,7 @@ def streaming_metadata(ckpt: Checkpoint, model: CRNN, source: str | Path, layout
         "kws.window_ms": layout.spec.window_ms,
         "kws.prefix_samples": layout.spec.prefix_samples,
         "kws.states": layout.spec.states(1),
+        **patience_of(ckpt),
     })
     return meta
 
@@ -437,7 +447,7 @@ def _export_embedding(ckpt: Checkpoint, source, out, streaming: bool, int8: bool
     embedding_onnx.check_stream_options(chunk_ms, window_ms)
     model = ckpt.build_model()
     proto = embedding_onnx.build_streaming(model)
-    set_metadata(proto, embedding_onnx.streaming_metadata(ckpt, model, source, threshold_of(ckpt)))
+    set_metadata(proto, {**embedding_onnx.streaming_metadata(ckpt, model, source, threshold_of(ckpt)), **patience_of(ckpt)})
     embedding_onnx.self_check(proto, model)
     if int8:
         from kws_export.quantize import int8_weights

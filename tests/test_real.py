@@ -339,3 +339,15 @@ def test_eval_saves_the_real_stream_threshold_in_the_checkpoint(dev_dir, tmp_pat
     assert after.metadata["metrics"]["au_fa_fr"] == before["metrics"]["au_fa_fr"]  # the rest of the card is kept
     for k, v in load_checkpoint(STUDENT).state_dict.items():
         assert torch.equal(after.state_dict[k], v)
+    # with --patience the threshold is chosen for it, and the streaming export carries both
+    assert kws_train("eval", "--ckpt", ckpt, "--real", dev_dir, "--real-max-fa", "100000", "--patience", "3",
+                     "--save-threshold", "--threads", "1") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["real"]["stream"]["patience"] == 3 and load_checkpoint(ckpt).metadata["patience"] == 3
+    from kws_export.export_onnx import export_onnx_file
+    from runtime.detect import Detector
+
+    export_onnx_file(ckpt, tmp_path / "s.stream.onnx", streaming=True)
+    det = Detector(str(tmp_path / "s.stream.onnx"))
+    assert det.patience == 3 and det.threshold == pytest.approx(out["threshold"])
+    assert Detector(str(STUDENT_STREAM)).patience == 1  # no kws.patience: 1

@@ -313,8 +313,8 @@ def finetune_stream(**kw):
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Also write the JSON to this file.")
 @click.option("--save-threshold", is_flag=True,
-              help="With --real-max-fa: store the chosen threshold (and the real figures) in the checkpoint, "
-                   "so exports carry it as kws.threshold.")
+              help="With --real-max-fa: store the chosen threshold (and the real figures, and --patience when "
+                   "given) in the checkpoint, so exports carry it as kws.threshold (and kws.patience).")
 def eval_cmd(**kw):
     """Evaluate a checkpoint; prints one JSON object (AU-FA-FR offline and streaming, FRR at
     1% FAR, costs, streaming recall and false alarms per hour, threshold).  With --real a

@@ -539,6 +539,10 @@ def run_eval(kw: dict) -> dict:
             raise KWSError("--save-threshold stores the threshold --real-max-fa chooses: add --real-max-fa")
         meta = dict(ckpt.metadata)
         meta.update(threshold=float(threshold), threshold_source=source)
+        if kw.get("patience") is not None:  # the threshold was chosen with it: exports carry both
+            meta["patience"] = int(kw["patience"])
+        else:
+            meta.pop("patience", None)
         meta["metrics"] = {**(meta.get("metrics") or {}), "real": real_result}
         save_checkpoint(kw["ckpt"], model, plain(json_safe(meta)))
         log(f"eval: stored threshold {threshold:.3f} ({source}) in {kw['ckpt']}")
