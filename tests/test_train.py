@@ -139,20 +139,29 @@ def test_time_box_ends_training_and_its_epochs_survive_resume(corpus, tmp_path, 
     assert meta["training"]["status"] == "done" and meta["training"]["epochs_planned"] == 1
     assert len(meta["training"]["history"]) == 1 and "metrics" in meta
     # a box that fits 3 of at most 50 epochs trains exactly as --epochs 3 (the schedule is
-    # stretched to the 3), and a resume keeps the 3 whatever box it is given
+    # stretched to the 3), and a resume keeps the 3 when they still fit
     full, boxed = tmp_path / "full.pt", tmp_path / "boxed.pt"
     assert kws_train("teacher", "--out", full, "--epochs", "3", *common) == 0
     monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, epoch_s, cap: 3)
     assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "10", "--stop-after-epochs", "1",
                      *common) == 0
     monkeypatch.undo()
-    assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "0.0001", "--resume", *common) == 0
+    assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "10", "--resume", *common) == 0
     a, b = load_checkpoint(full), load_checkpoint(boxed)
     assert b.metadata["training"]["epochs_planned"] == 3
     assert [h["train_loss"] for h in a.metadata["training"]["history"]] == pytest.approx(
         [h["train_loss"] for h in b.metadata["training"]["history"]], rel=1e-6)
     assert [h["lr"] for h in a.metadata["training"]["history"]] == pytest.approx(
         [h["lr"] for h in b.metadata["training"]["history"]], rel=1e-9)
+    # epochs slower than the first (here: a box already spent after the first fixed 5) shrink
+    # the total to what still fits; the run ends finished and evaluated
+    slow = tmp_path / "slow.pt"
+    monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, epoch_s, cap: 5)
+    assert kws_train("teacher", "--out", slow, "--epochs", "50", "--time-box", "0.0001", *common) == 0
+    monkeypatch.undo()
+    meta = load_checkpoint(slow).metadata
+    assert meta["training"]["epochs_planned"] == 2 and len(meta["training"]["history"]) == 2
+    assert meta["training"]["status"] == "done" and "metrics" in meta
     assert kws_train("teacher", "--out", tmp_path / "bad.pt", "--time-box", "0", *common) == 2
 
 

@@ -106,7 +106,8 @@ def run_options(f, batch_size: int = 256):
         click.option("--time-box", "time_box", type=float, default=None, metavar="MINUTES",
                      help="Fit the training into MINUTES from the command's start: after the first epoch, the number "
                           "of epochs (at most --epochs) is set from its measured time, and the learning-rate schedule "
-                          "is stretched to it. The final evaluation comes after the box."),
+                          "is stretched to it; it shrinks if later epochs run slower. The final evaluation comes "
+                          "after the box."),
         click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1 ..."),
         click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads."),
         click.option("--seed", type=int, default=0, show_default=True),

@@ -276,7 +276,8 @@ def fit(
     elif state_path is not None and state_path.exists():
         log(f"note: {state_path} exists from an earlier run; starting over (use --resume to continue it)")
 
-    boxed = opts.time_box_s is not None and start_epoch == 0
+    boxed = opts.time_box_s is not None
+    paces: list[float] = []  # seconds of this invocation's epochs
     stop_at = opts.epochs if not opts.stop_after_epochs else min(opts.epochs, start_epoch + opts.stop_after_epochs)
     epoch = start_epoch
     while epoch < stop_at:
@@ -341,15 +342,22 @@ def fit(
         extra = "".join(f"  val {k} {x:.4g}" for k, x in v.items() if k not in ("au_fa_fr", "loss"))
         log(f"epoch {epoch + 1}/{opts.epochs}: loss {record['train_loss']:.4f}  val AU-FA-FR {v['au_fa_fr']:.6f}  "
             f"val loss {v['loss']:.4f}{extra}  {seconds:.1f} s{'  *best' if improved else ''}")
-        if boxed and epoch == 0:
-            # The warm-up epoch does not depend on the total, so the total can still be set now.
-            fit_epochs = time_boxed_epochs(opts.time_box_s - (time.monotonic() - clock_start), seconds, opts.epochs)
+        if boxed:
+            left = opts.time_box_s - (time.monotonic() - clock_start)
+            paces.append(seconds)
+            if epoch == 0:
+                # The warm-up epoch does not depend on the total, so the total can still be set now.
+                fit_epochs = time_boxed_epochs(left, seconds, opts.epochs)
+            else:
+                # Epochs may run slower than the first (a busier machine): the total only
+                # shrinks, to what still fits at the slowest of the last three.
+                fit_epochs = min(opts.epochs, epoch + 1 + int(max(0.0, left) // max(1e-6, max(paces[-3:]))))
             if fit_epochs != opts.epochs:
                 log(f"time box: {fit_epochs} epochs fit in the {opts.time_box_s / 60:.1f} min box "
-                    f"({seconds:.1f} s per epoch; cap {opts.epochs})")
+                    f"({max(paces[-3:]):.1f} s per epoch; {'cap' if epoch == 0 else 'was'} {opts.epochs})")
                 opts = dataclasses.replace(opts, epochs=fit_epochs)
                 scheduler.lr_lambdas = [lr_lambda(opts, steps_per_epoch)]
-                stop_at = opts.epochs if not opts.stop_after_epochs else min(opts.epochs, opts.stop_after_epochs)
+                stop_at = opts.epochs if not opts.stop_after_epochs else min(opts.epochs, start_epoch + opts.stop_after_epochs)
         if state_path is not None:
             save_state(state_path, {
                 "format": STATE_FORMAT, "identity": identity, "epoch": epoch + 1, "epochs": opts.epochs,
