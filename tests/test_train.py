@@ -123,9 +123,10 @@ def test_resume_continues_exactly(corpus, tmp_path):
 def test_time_boxed_epochs_fit_what_is_left():
     from training.train import time_boxed_epochs
 
-    assert time_boxed_epochs(95.0, 10.0, 60) == 10  # 1 run + 9 more of 10 s
-    assert time_boxed_epochs(1e6, 10.0, 60) == 60  # the cap
-    assert time_boxed_epochs(5.0, 10.0, 60) == 1 and time_boxed_epochs(-3.0, 10.0, 60) == 1
+    assert time_boxed_epochs(95.0, 10.0, 1, 60) == 10  # 1 run + 9 more of 10 s
+    assert time_boxed_epochs(1e6, 10.0, 1, 60) == 60  # the cap
+    assert time_boxed_epochs(5.0, 10.0, 1, 60) == 1 and time_boxed_epochs(-3.0, 10.0, 1, 60) == 1
+    assert time_boxed_epochs(25.0, 10.0, 7, 40) == 9 and time_boxed_epochs(-1.0, 10.0, 7, 40) == 7  # later: shrinks
 
 
 def test_time_box_ends_training_and_its_epochs_survive_resume(corpus, tmp_path, monkeypatch):
@@ -142,7 +143,7 @@ def test_time_box_ends_training_and_its_epochs_survive_resume(corpus, tmp_path, 
     # stretched to the 3), and a resume keeps the 3 when they still fit
     full, boxed = tmp_path / "full.pt", tmp_path / "boxed.pt"
     assert kws_train("teacher", "--out", full, "--epochs", "3", *common) == 0
-    monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, epoch_s, cap: 3)
+    monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, pace, done, cap: 3)
     assert kws_train("teacher", "--out", boxed, "--epochs", "50", "--time-box", "10", "--stop-after-epochs", "1",
                      *common) == 0
     monkeypatch.undo()
@@ -156,7 +157,9 @@ def test_time_box_ends_training_and_its_epochs_survive_resume(corpus, tmp_path, 
     # epochs slower than the first (here: a box already spent after the first fixed 5) shrink
     # the total to what still fits; the run ends finished and evaluated
     slow = tmp_path / "slow.pt"
-    monkeypatch.setattr(train_mod, "time_boxed_epochs", lambda left, epoch_s, cap: 5)
+    real_fit = train_mod.time_boxed_epochs
+    monkeypatch.setattr(train_mod, "time_boxed_epochs",
+                        lambda left, pace, done, cap: 5 if done == 1 else real_fit(left, pace, done, cap))
     assert kws_train("teacher", "--out", slow, "--epochs", "50", "--time-box", "0.0001", *common) == 0
     monkeypatch.undo()
     meta = load_checkpoint(slow).metadata

@@ -78,7 +78,7 @@ EPOCHS_PLANNED = 40  # a larger student share draws more clips per epoch rather 
 MIN_MINUTES = 5.0
 DEFAULT_MINUTES = 60.0
 MARGIN = 0.9  # plan to 90% of the budget
-SHARES = {"corpus_and_teacher": 0.45, "student": 0.55}
+CORPUS_AND_TEACHER_SHARE = 0.45  # of the usable budget at most; the student gets the rest
 MAX_EPOCHS = 60  # the student's time box never runs more
 REAL_MAX_FA = 0.5  # false alarms per hour the real-stream threshold allows
 
@@ -203,7 +203,7 @@ def make_plan(minutes: float, student: str = "small", preset: str | None = None,
     usable = minutes * 60.0 * MARGIN - cost("fixed_s", base) - (cost("real_s", base) if real else 0.0)
     # Corpus + teacher: the default corpus (scale 1) and its windows, scaled to their share.
     at_1 = synth_seconds(base) + teacher_seconds(base) - cost("synth_fixed_s", base)
-    scale = min(MAX_SCALE, max(0.0, SHARES["corpus_and_teacher"] * usable - cost("synth_fixed_s", base)) / at_1)
+    scale = min(MAX_SCALE, max(0.0, CORPUS_AND_TEACHER_SHARE * usable - cost("synth_fixed_s", base)) / at_1)
     plan = Plan(minutes=minutes, student=student, speed=speed, student_arch=_arch(student),
                 keyword_count=max(60, int(round(2000 * scale / 10)) * 10), per_word=max(6, int(round(200 * scale))),
                 phrases=max(40, int(round(2000 * scale / 10)) * 10))

@@ -107,8 +107,8 @@ class TrainOptions:
     progress: bool = True
     stop_after_epochs: int | None = None  # end this invocation early (resume later)
     # Time box: the epochs (the cap is `epochs`) are fixed after the first one, from its
-    # measured time, so that training ends within `time_box_s` of the command's start and the
-    # cosine schedule still completes.  None: no box.
+    # measured time, and shrink if later ones run slower, so that training ends within
+    # `time_box_s` of the command's start and the cosine schedule still completes.  None: no box.
     time_box_s: float | None = None
 
     def as_dict(self) -> dict:
@@ -343,15 +343,13 @@ def fit(
         log(f"epoch {epoch + 1}/{opts.epochs}: loss {record['train_loss']:.4f}  val AU-FA-FR {v['au_fa_fr']:.6f}  "
             f"val loss {v['loss']:.4f}{extra}  {seconds:.1f} s{'  *best' if improved else ''}")
         if boxed:
-            left = opts.time_box_s - (time.monotonic() - clock_start)
+            # After the first (warm-up) epoch, whose learning rate does not depend on the total,
+            # the total is set from the --epochs cap; after later ones it can only shrink, when
+            # epochs run slower than before (a busier machine): the pace is the slowest of the
+            # last three.
             paces.append(seconds)
-            if epoch == 0:
-                # The warm-up epoch does not depend on the total, so the total can still be set now.
-                fit_epochs = time_boxed_epochs(left, seconds, opts.epochs)
-            else:
-                # Epochs may run slower than the first (a busier machine): the total only
-                # shrinks, to what still fits at the slowest of the last three.
-                fit_epochs = min(opts.epochs, epoch + 1 + int(max(0.0, left) // max(1e-6, max(paces[-3:]))))
+            left = opts.time_box_s - (time.monotonic() - clock_start)
+            fit_epochs = time_boxed_epochs(left, max(paces[-3:]), epoch + 1, opts.epochs)
             if fit_epochs != opts.epochs:
                 log(f"time box: {fit_epochs} epochs fit in the {opts.time_box_s / 60:.1f} min box "
                     f"({max(paces[-3:]):.1f} s per epoch; {'cap' if epoch == 0 else 'was'} {opts.epochs})")
@@ -373,12 +371,10 @@ def fit(
     return FitResult(int(best["epoch"]), best, history, elapsed, finished=len(history) >= opts.epochs, epochs=opts.epochs)
 
 
-def time_boxed_epochs(left_s: float, epoch_s: float, cap: int) -> int:
-    """Total epochs when one has run in ``epoch_s`` and ``left_s`` remain (at least 1, at most
-    ``cap``).  The first epoch is the slowest as a rule (warm-up of every cache and pool),
-    which leaves the headroom for a machine that gets busier."""
-    more = int(max(0.0, left_s) // max(1e-6, epoch_s))
-    return max(1, min(cap, 1 + more))
+def time_boxed_epochs(left_s: float, pace_s: float, done: int, cap: int) -> int:
+    """Total epochs when ``done`` have run, ``left_s`` remain in the box and an epoch takes
+    ``pace_s``: at least ``done``, at most ``cap``."""
+    return max(done, min(cap, done + int(max(0.0, left_s) // max(1e-6, pace_s))))
 
 
 class WeightAverage:
