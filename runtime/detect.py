@@ -866,6 +866,7 @@ def model_info(detector: Detector) -> dict:
     return {
         "model": m.path, "keyword": m.keyword, "sample_rate": m.sample_rate, "chunk_samples": m.chunk_samples,
         "step_samples": m.step_samples, "steps_per_call": m.steps_per_call, "threshold": m.threshold,
+        "patience": m.patience,
         "window_ms": m.metadata.get("kws.window_ms"), "states": {name: list(shape) for name, shape, _ in m.states},
         "format_version": m.metadata.get("kws.format_version"), "source_sha256": m.metadata.get("kws.source_sha256"),
     }

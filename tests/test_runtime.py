@@ -850,5 +850,5 @@ def test_info_prints_what_the_model_needs(models):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert (info["sample_rate"], info["chunk_samples"], info["step_samples"], info["steps_per_call"]) == (RATE, 640, STEP, 4)
-    assert info["keyword"] == "sheila" and info["threshold"] == 0.5
+    assert info["keyword"] == "sheila" and info["threshold"] == 0.5 and info["patience"] == 1
     assert info["states"] == {"level": [1], "tail": [1, TAIL], "calls": [1]}
