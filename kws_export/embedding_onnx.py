@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from kws_export.card import card_data, card_metrics
 from kws_export.embedding import (
     CONTEXT_SAMPLES, EMBEDDING_DIM, INT16_SCALE, MEL_BANDS, MEL_STRIDE, MEL_WINDOW,
     STEP_SAMPLES, EmbeddingKWS, count_parameters, frozen_graphs_card, stream_states,
@@ -122,7 +123,7 @@ def streaming_metadata(ckpt, model: EmbeddingKWS, source: str | Path, threshold:
     card = {
         "source_kind": ckpt.kind, "arch": "embedding", "config": cfg.to_dict(), "params": count_parameters(model),
         "frozen_graphs": frozen_graphs_card(),
-        "metrics": ckpt.metadata.get("metrics", {}), "data": ckpt.metadata.get("data_recipe", {}),
+        "metrics": card_metrics(ckpt.metadata.get("metrics", {})), "data": card_data(ckpt.metadata.get("data_recipe", {})),
     }
     for key in ("name", "role", "created", "command", "threshold_source"):
         if key in ckpt.metadata:

@@ -21,6 +21,7 @@ import torch
 from onnx import helper
 
 from kws_export import onnx_graph
+from kws_export.card import card_data, card_metrics
 from kws_export.checkpoint import Checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
@@ -299,8 +300,8 @@ def model_card(ckpt: Checkpoint, model: CRNN) -> dict[str, Any]:
         "source_kind": ckpt.kind,
         "config": ckpt.config.to_dict(),
         "params": count_parameters(model),
-        "metrics": meta.get("metrics", {}),
-        "data": meta.get("data_recipe", meta.get("data", {})),
+        "metrics": card_metrics(meta.get("metrics", {})),
+        "data": card_data(meta.get("data_recipe", meta.get("data", {}))),
     }
     for key in ("name", "role", "teacher", "parent", "created", "command", "threshold_source"):
         if key in meta:

@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 from kws_export.verify import verify
                 from training.speech import SYNTHESIZED
 
-                report = verify(str(ckpt), [str(paths[1])], [str(paths[3])], discover=True, speech=SYNTHESIZED)
+                # the streaming step (its int8 siblings are discovered) and TorchScript where made
+                stream = [str(p) for p in paths if p.name.endswith(".stream.onnx")]
+                ts = [str(p) for p in paths if p.suffix == ".ts"]
+                report = verify(str(ckpt), stream, ts, discover=True, speech=SYNTHESIZED)
                 worst = {f"{p['a']} vs {p['b']}": round(p["max_abs_diff"], 7) for p in report["pairs"]}
                 print(f"export_all: verify {ckpt.stem}: {'ok' if report['ok'] else 'FAILED'} {worst}")
                 if not report["ok"]:

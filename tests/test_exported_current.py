@@ -97,6 +97,60 @@ def test_export_all_regenerates_and_the_check_catches_stale_files(tmp_path, caps
     assert any("another version" in r for r in reasons) and any("other outputs" in r for r in reasons)
 
 
+def test_export_all_verifies_an_embedding_checkpoint(tmp_path, capsys):
+    """`make export --verify` on a speech-embedding checkpoint: one streaming file, no
+    TorchScript, and the verification runs on what exists (it used to index a missing file)."""
+    from kws_export.embedding import EmbeddingConfig, EmbeddingKWS
+
+    ckpts, out = tmp_path / "checkpoints", tmp_path / "exported"
+    ckpts.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(ckpts / "emb.pt", EmbeddingKWS(EmbeddingConfig()).eval(), {"role": "teacher", "threshold": 0.5})
+    assert export_all.main(["--checkpoints", str(ckpts), "--out", str(out), "--verify"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["emb.stream.onnx"]
+    assert "verify emb: ok" in capsys.readouterr().out
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_shipped_files_name_no_absolute_path():
+    """What ships names the dev set where any clone finds it (../shared/real), never a folder
+    of the machine that measured it."""
+    from kws_export.checkpoint import load_checkpoint
+
+    found = {}
+    for ckpt in SHIPPED:
+        bad = [s for s in _strings(load_checkpoint(ckpt).metadata) if s.startswith("/") and s.count("/") > 1]
+        if bad:
+            found[ckpt.name] = bad[:3]
+    for path in sorted((ROOT / "exported").glob("*.onnx")):
+        bad = [s for s in _strings(kws_metadata(onnx.load(str(path)))) if s.startswith("/") and s.count("/") > 1]
+        if bad:
+            found[path.name] = bad[:3]
+    assert found == {}
+
+
+def test_shipped_student_int8_files_fit_20_kb():
+    """The issue's size target for the student's int8 streaming files (model card included:
+    an export carries the card's headline, the checkpoint the full record)."""
+    from kws_export.checkpoint import load_checkpoint
+
+    students = [c for c in SHIPPED if load_checkpoint(c).metadata.get("role") == "student"]
+    assert students
+    sizes = {f"{c.stem}{s}": (ROOT / "exported" / f"{c.stem}{s}").stat().st_size
+             for c in students for s in (".stream.int8.onnx", ".stream.int8w.onnx")}
+    assert all(n <= 20_000 for n in sizes.values()), sizes
+
+
 def test_export_all_errors_are_one_line(tmp_path, capsys):
     assert export_all.main(["--checkpoints", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err

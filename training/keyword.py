@@ -575,12 +575,12 @@ def stage_real(run: Run) -> dict:
     else:
         from kws_export.checkpoint import load_checkpoint
         from training.pipeline import json_safe, plain
-        from training.real import evaluate_real, open_real
+        from training.real import evaluate_real, open_real, shown_dir
 
         model = load_checkpoint(run.ckpt("student")).build_model()
         dev = open_real(run.real_dir, run.keyword, model.config.sample_rate).load()
         r = evaluate_real(model, dev, None, onnx=run.out / "exported" / "student.stream.int8w.onnx")
-        result = {"measured": True, "dir": str(run.real_dir), "model": "exported/student.stream.int8w.onnx",
+        result = {"measured": True, "dir": shown_dir(run.real_dir), "model": "exported/student.stream.int8w.onnx",
                   "student": json_safe(plain(r))}
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")

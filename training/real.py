@@ -77,6 +77,17 @@ def default_real_dir() -> Path:
     return (repo_root() / DEFAULT_REAL).resolve()
 
 
+def shown_dir(root: str | Path) -> str:
+    """How a dev-set folder is recorded in metadata and cards: the default one as
+    ``../shared/real`` (where it lies beside any clone), another one as given."""
+    try:
+        if Path(root).resolve() == default_real_dir():
+            return DEFAULT_REAL.as_posix()
+    except OSError:
+        pass
+    return str(root)
+
+
 def real_absent_reason(path: str | Path | None = None) -> str | None:
     """None when the dev set is there, else why not (for test skips)."""
     root = Path(path) if path is not None else default_real_dir()
@@ -148,7 +159,7 @@ class RealDevSet:
 
     def describe(self) -> dict:
         idx = self.clip_indices
-        return {"dir": str(self.root), "keyword": self.keyword, "keyword_folder": f"{self.keyword_part}/{self.keyword_folder}",
+        return {"dir": shown_dir(self.root), "keyword": self.keyword, "keyword_folder": f"{self.keyword_part}/{self.keyword_folder}",
                 "speech_clips": len(self), "speech_commands_clips": int((self.parts == 0).sum()),
                 "wake_phrase_clips": int((self.parts == 1).sum()), "keyword_clips": int(self.labels.sum()),
                 "clip_metric_clips": int(idx.size), "silence_clips": len(self.silence)}
