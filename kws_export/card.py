@@ -34,15 +34,10 @@ def real_summary(real: dict) -> dict[str, Any]:
     clips = real.get("clips") if isinstance(real.get("clips"), dict) else {}
     stream = real.get("stream") if isinstance(real.get("stream"), dict) else {}
     at = stream.get("at_threshold") if isinstance(stream.get("at_threshold"), dict) else {}
-    out = {f"clips_{k}": clips[k] for k in ("au_fa_fr", "recall_at_0.1pct_far", "recall_at_1pct_far", "keyword_clips")
-           if _scalar(clips.get(k)) and k in clips}
-    out.update({f"stream_{k}": at[k] for k in ("hits", "keywords", "false_alarms_per_hour") if k in at and _scalar(at[k])})
-    if _scalar(stream.get("hours")) and "hours" in stream:
-        out["stream_hours"] = stream["hours"]
-    for k in ("threshold", "threshold_source"):
-        if k in real and _scalar(real[k]):
-            out[k] = real[k]
-    return {k: _short(v) for k, v in out.items()}
+    picks = [(clips, "clips_", ("au_fa_fr", "recall_at_0.1pct_far", "recall_at_1pct_far", "keyword_clips")),
+             (at, "stream_", ("hits", "keywords", "false_alarms_per_hour")), (stream, "stream_", ("hours",)),
+             (real, "", ("threshold", "threshold_source"))]
+    return {prefix + k: _short(part[k]) for part, prefix, keys in picks for k in keys if k in part and _scalar(part[k])}
 
 
 def card_metrics(metrics: Any) -> dict[str, Any]:
