@@ -3,7 +3,7 @@
 Waveform chain, each step switchable in ``AugmentConfig``: speed perturbation (band-limited
 polyphase resampling, the same kernel as ``kws_export.audio.resample``) -> time shift ->
 reverberation (synthetic exponentially decaying noise RIRs, FFT convolution) -> background
-noise at a random SNR -> gain.  SpecAugment masks the log-mel.  Every random draw comes from
+noise at a random SNR -> microphone EQ (a random smooth 7-band response) -> gain.  SpecAugment masks the log-mel.  Every random draw comes from
 the ``torch.Generator`` passed in (CPU), so a seed reproduces a batch exactly on any device.
 
 ``make_long_sequence`` glues clips with noise between them so streaming models learn to run
@@ -51,11 +51,16 @@ class AugmentConfig:
     freq_mask_width: int = 6
     time_masks: int = 2
     time_mask_width: int = 10
+    # A microphone's / room's colouring of everything it hears (speech and noise alike):
+    # synthetic voices are studio-flat, real recordings are not.
+    eq: bool = False
+    eq_prob: float = 0.5
+    eq_db: tuple[float, float] = (-10.0, 10.0)
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Everything off (evaluation, or a baseline run)."""
-        return cls(noise=False, gain=False, shift=False, speed=False, reverb=False, specaugment=False)
+        return cls(noise=False, gain=False, shift=False, speed=False, reverb=False, specaugment=False, eq=False)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -155,6 +160,47 @@ def reverberate(x: torch.Tensor, rt60: torch.Tensor, drr_db: torch.Tensor, cutof
     return (y * (rms_in / rms_out)[:, None]).to(x.dtype)
 
 
+EQ_CENTRES_HZ = (100.0, 220.0, 500.0, 1000.0, 2200.0, 5000.0, 10000.0)  # as audiomentations' SevenBandParametricEQ
+
+
+def eq_curves(gains_db: torch.Tensor, n_fft: int, sample_rate: int) -> torch.Tensor:
+    """Amplitude responses (B, n_fft//2+1): each row's ``gains_db`` (B, 7) at EQ_CENTRES_HZ,
+    linear in dB over log-frequency between them and flat beyond the outer ones."""
+    centres = torch.log(torch.tensor(EQ_CENTRES_HZ, dtype=torch.float64))
+    f = torch.log(torch.fft.rfftfreq(n_fft, 1.0 / sample_rate).to(torch.float64).clamp_min(EQ_CENTRES_HZ[0]))
+    f = f.clamp(max=float(centres[-1]))
+    hi = torch.searchsorted(centres, f).clamp(1, len(centres) - 1)
+    w = ((f - centres[hi - 1]) / (centres[hi] - centres[hi - 1])).clamp(0, 1)
+    g = gains_db.to(torch.float64)
+    db = g[:, hi - 1] * (1 - w)[None, :] + g[:, hi] * w[None, :]
+    return (10 ** (db / 20)).float()
+
+
+def equalize(x: torch.Tensor, gains_db: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """Each example through its own smooth zero-phase EQ (``eq_curves``, applied by FFT with
+    room for the short impulse response), keeping the example's RMS."""
+    b, t = x.shape
+    n_fft = 1 << (t + 2048 - 1).bit_length()
+    h = eq_curves(gains_db, n_fft, sample_rate).to(x.device)
+    y = torch.fft.irfft(torch.fft.rfft(x.float(), n=n_fft) * h, n=n_fft)[:, :t]
+    rms_in = x.float().pow(2).mean(dim=1).sqrt()
+    rms_out = y.pow(2).mean(dim=1).sqrt().clamp_min(1e-12)
+    return (y * (rms_in / rms_out)[:, None]).to(x.dtype)
+
+
+def random_eq(x: torch.Tensor, config: AugmentConfig, g: torch.Generator, sample_rate: int = 16000) -> torch.Tensor:
+    """``equalize`` a random ``eq_prob`` share of the batch (gains uniform in ``eq_db``)."""
+    b = x.shape[0]
+    pick = _chosen(b, config.eq_prob, g)
+    gains = _uniform(b * len(EQ_CENTRES_HZ), config.eq_db, g).reshape(b, -1)
+    idx = torch.nonzero(pick).flatten()
+    if idx.numel():
+        x = x.clone()
+        d = idx.to(x.device)
+        x[d] = equalize(x[d], gains[idx], sample_rate)
+    return x
+
+
 class NoiseBank:
     """Background noises concatenated once, so a batch of random segments is one gather."""
 
@@ -243,6 +289,8 @@ def augment_waves(x: torch.Tensor, config: AugmentConfig, noises: NoiseBank, g: 
         if idx.numel():
             d = idx.to(x.device)
             x[d] = add_noise(x[d], noise[idx], snr[idx], quiet[idx])
+    if config.eq:
+        x = random_eq(x, config, g, sample_rate)
     if config.gain:
         x = x * (10 ** (_uniform(b, config.gain_db, g) / 20)).to(x.device, x.dtype)[:, None]
     return x.clamp(-1.0, 1.0)

@@ -4,7 +4,7 @@ The teacher costs ~25 ms of CPU per 2 s window (the student ~1 ms), far too much
 every training step on 2 CPUs.  So a bank of long training sequences is made once: keyword
 clips, the corpus's other words and its multi-word ``_phrases_/`` glued over background
 noise (``make_long_sequence``), each sequence augmented as a whole (clip speed/shift/gain
-before gluing, room reverberation after), and the teacher's streaming probability is
+before gluing, room reverberation and microphone EQ after), and the teacher's streaming probability is
 computed for every 80 ms step of every sequence (its exported step's exact semantics, the
 embedding graph batched).  Both models therefore see the same augmented audio (function
 matching).  Each training step then draws sequences from the bank and the student's
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from kws_export.embedding import EmbeddingKWS
-from training.augment import Augmenter, NoiseBank, make_long_sequence, reverberate
+from training.augment import Augmenter, NoiseBank, make_long_sequence, random_eq, reverberate
 from training.stream_train import StreamingObjective, _masked_mean, step_targets
 from training.train import ClipSet, balanced_indices, forward_train
 
@@ -57,8 +57,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
     bank = NoiseBank(noises, 1)
     clip_aug = None
     if augmenter is not None:
-        clip_aug = Augmenter(dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False),
-                             None, sr, seed=seed)
+        clip_aug = Augmenter(dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False,
+                                                 eq=False), None, sr, seed=seed)
     slot = phrases.shape[1] if phrases is not None and len(phrases) else train.waves.shape[1]
     steps = int(round(seq_seconds * sr)) // (student_config.stride[1] * student_config.hop)
     audio, teach, targets, masks = [], [], [], []
@@ -82,6 +82,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
             cfg = augmenter.config
             u = lambda r: torch.tensor([r[0] + (r[1] - r[0]) * float(torch.rand(1, generator=g))], dtype=torch.float64)  # noqa: E731
             x = reverberate(x, u(cfg.rt60_s), u(cfg.drr_db), u((2000.0, 7000.0)), g, sr)
+        if augmenter is not None and augmenter.config.eq:
+            x = random_eq(x, augmenter.config, g, sr)  # the microphone hears the noise too
         x = _pad_to(x, int(round(seq_seconds * sr)))
         e, _, _ = features.stream_embeddings(x[0].numpy())
         p = teacher.stream_from_embeddings(e)[:steps]

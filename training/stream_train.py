@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kws_export.model import CRNN
-from training.augment import Augmenter, NoiseBank, make_long_batch, reverberate
+from training.augment import Augmenter, NoiseBank, make_long_batch, random_eq, reverberate
 from training.evaluate import build_streams, score_streams, streaming_clip_probs
 from training.metrics import au_fa_fr
 from training.train import ClipSet, Objective, balanced_indices, forward_train, validate
@@ -67,7 +67,7 @@ class StreamingObjective(Objective):
         # room reverberation over the whole sequence; background noise is the sequence's own.
         self.clip_augmenter = None
         if augmenter is not None:
-            cfg = dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False)
+            cfg = dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False, eq=False)
             self.clip_augmenter = Augmenter(cfg, None, augmenter.sample_rate)
         self.seq_seconds = seq_seconds
         self.sequences = sequences
@@ -97,6 +97,8 @@ class StreamingObjective(Objective):
             sel = torch.nonzero(pick).flatten()
             if sel.numel():
                 audio[sel] = reverberate(audio[sel], rt60[sel], drr[sel], cut[sel], generator, c.sample_rate)
+        if self.augmenter is not None and self.augmenter.config.eq:
+            audio = random_eq(audio, self.augmenter.config, generator, c.sample_rate)
         steps = audio.shape[-1] // (c.stride[1] * c.hop)
         targets, masks = [], []
         for s in seqs:
