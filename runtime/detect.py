@@ -11,6 +11,7 @@ model's ``kws.*`` metadata; see docs/streaming.md for the contract.
     python detect.py --model M.onnx --probs probs.csv recording.wav   # every step's score, CSV
     arecord -f S16_LE -r 16000 -c 1 -t raw | python detect.py --model M.onnx --json -
     python detect.py --model M.onnx --mic
+    python detect.py --model student.stream.int8w.onnx --verifier teacher.stream.onnx recording.wav  # two-stage
 
 Python API::
 
@@ -245,6 +246,25 @@ class StreamingModel:
         return self._prob.copy()
 
 
+def _mono_samples(samples) -> np.ndarray:
+    """Mono float32 samples from float in [-1, 1] or int16 (anything else: DetectError)."""
+    x = np.asarray(samples)
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1:
+        raise DetectError(f"expected mono samples (1-D), got an array of shape {x.shape}")
+    if x.dtype == np.float32 and np.isfinite(x).all():  # the live case: skip the dtype checks and cast
+        return x
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / np.float32(32768.0)
+    if x.dtype.kind not in "fiu" or (x.dtype.kind in "iu" and x.size):
+        raise DetectError(f"samples must be float in [-1, 1] or int16, got {x.dtype}")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise DetectError(f"samples hold NaN or Inf (first at index {bad}); the stream state is unchanged")
+    return x.astype(np.float32, copy=False)
+
+
 # The detector -------------------------------------------------------------------------------
 class Detector:
     """Streaming keyword detector over a kws-edge streaming ONNX export.
@@ -348,21 +368,7 @@ class Detector:
         return self._emit(probs, real_steps)
 
     def _as_samples(self, samples) -> np.ndarray:
-        x = np.asarray(samples)
-        if x.ndim == 2 and 1 in x.shape:
-            x = x.reshape(-1)
-        if x.ndim != 1:
-            raise DetectError(f"expected mono samples (1-D), got an array of shape {x.shape}")
-        if x.dtype == np.float32 and np.isfinite(x).all():  # the live case: skip the dtype checks and cast
-            return x
-        if x.dtype == np.int16:
-            return x.astype(np.float32) / np.float32(32768.0)
-        if x.dtype.kind not in "fiu" or (x.dtype.kind in "iu" and x.size):
-            raise DetectError(f"samples must be float in [-1, 1] or int16, got {x.dtype}")
-        if not np.isfinite(x).all():
-            bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise DetectError(f"samples hold NaN or Inf (first at index {bad}); the stream state is unchanged")
-        return x.astype(np.float32, copy=False)
+        return _mono_samples(samples)
 
     def _emit(self, probs: np.ndarray, report: int) -> list[dict]:
         first = self._steps_done
@@ -435,6 +441,136 @@ class Detector:
         steps = [first + np.arange(len(p)) for first, p, _ in self._history]
         steps = np.concatenate(steps) if steps else np.zeros(0, np.int64)
         return (steps + 1) * self.step_samples / self.sample_rate
+
+
+# Two-stage detection -------------------------------------------------------------------------
+class VerifiedDetector:
+    """A cheap always-on detector proposes, a larger streaming model confirms (two-stage wake
+    word detection: the large model's quality at little more than the small one's cost).
+
+    Every step goes through the first stage (``model_path``, e.g. the int8 student).  A step
+    whose probability reaches ``trigger`` (far below the first stage's own threshold, so that
+    it misses almost no keyword) is a candidate.  ``delay_steps`` later, when the whole word
+    has been heard, the verifier (``verifier_path``, e.g. the embedding teacher's streaming
+    export) runs from its initial state over the buffered audio of the last ``warmup +
+    window_steps`` steps; the candidate becomes a detection when one of the verifier's last
+    ``window_steps`` probabilities reaches ``verifier_threshold`` (default: the verifier's
+    ``kws.threshold``).  Then ``refractory_ms`` of silence; a rejected candidate lets the
+    next one come ``window_steps`` after it, so the verified windows tile a long trigger.
+
+    The verifier must see a finite window (``kws.window_ms`` + ``kws.prefix_samples``, as
+    the embedding model does): ``warmup`` covers it, so the replayed probabilities equal
+    those of the verifier running on every step, and the offline twin
+    (``training.real.verified_events``) is exact.  Events are ``{"time", "prob", "keyword",
+    "trigger_prob"}`` with the verifier's probability as ``prob``.
+    """
+
+    def __init__(self, model_path: str, verifier_path: str, trigger: float = 0.2, verifier_threshold: float | None = None,
+                 window_steps: int = 8, delay_steps: int = 4, refractory_ms: float = 1000.0, threads: int = 1):
+        self.first = StreamingModel(model_path, threads=threads)
+        self.verifier = StreamingModel(verifier_path, threads=threads)
+        f, v = self.first, self.verifier
+        if (v.sample_rate, v.step_samples) != (f.sample_rate, f.step_samples):
+            raise DetectError(f"{v.path}: the verifier steps {v.step_samples} samples at {v.sample_rate} Hz, the detector "
+                              f"{f.step_samples} at {f.sample_rate} Hz: they must agree")
+        if v.steps_per_call != 1:
+            raise DetectError(f"{v.path}: the verifier must take one step per call (it takes {v.steps_per_call})")
+        if str(v.keyword) != str(f.keyword):
+            raise DetectError(f"{v.path}: the verifier's keyword {v.keyword!r} is not the detector's {f.keyword!r}")
+        try:
+            window_ms = float(v.metadata["kws.window_ms"])
+            prefix = int(v.metadata.get("kws.prefix_samples", 0))
+        except (KeyError, TypeError, ValueError):
+            raise DetectError(f"{v.path}: the verifier's metadata lacks kws.window_ms (its receptive field)") from None
+        for name, value in (("window_steps", window_steps), ("delay_steps", delay_steps)):
+            if int(value) != value or value < (1 if name == "window_steps" else 0):
+                raise DetectError(f"{name} must be a whole number of steps >= {1 if name == 'window_steps' else 0}, got {value}")
+        if not 0.0 <= trigger <= 1.0:
+            raise DetectError(f"trigger {trigger} is not in [0, 1]")
+        self.verifier_threshold = v.threshold if verifier_threshold is None else float(verifier_threshold)
+        if not 0.0 <= self.verifier_threshold <= 1.0:
+            raise DetectError(f"verifier threshold {self.verifier_threshold} is not in [0, 1]")
+        if refractory_ms < 0:
+            raise DetectError(f"refractory_ms must be >= 0, got {refractory_ms}")
+        self.keyword, self.sample_rate, self.step_samples = f.keyword, f.sample_rate, f.step_samples
+        self.chunk_samples = f.chunk_samples
+        self.trigger, self.window_steps, self.delay_steps = float(trigger), int(window_steps), int(delay_steps)
+        self.refractory_steps = math.ceil(refractory_ms * self.sample_rate / 1000.0 / self.step_samples - 1e-9)
+        # the steps whose audio the verifier's window reaches back over, +1 for the carried prefix
+        self.warmup = math.ceil((window_ms * self.sample_rate / 1000.0 + prefix) / self.step_samples) + 1
+        self._keep = self.warmup + self.window_steps + self.first.steps_per_call  # steps of audio kept
+        self._pending = np.zeros(self.chunk_samples, np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.first.reset()
+        self._pending_len = 0
+        self._steps = 0                      # steps seen (padding of a flush included)
+        self._audio = np.zeros(self._keep * self.step_samples, np.float32)  # the last _keep steps, oldest first
+        self._audio_end = 0                  # the step after the last one in _audio
+        self._candidate: tuple[int, float] | None = None  # (step, first-stage probability)
+        self._next_allowed = 0               # the first step that may be a candidate
+        self.verifications = 0
+
+    def process(self, samples) -> list[dict]:
+        x = _mono_samples(samples)
+        chunk = self.chunk_samples
+        events = []
+        while len(x):
+            n = min(chunk - self._pending_len, len(x))
+            self._pending[self._pending_len:self._pending_len + n] = x[:n]
+            self._pending_len += n
+            x = x[n:]
+            if self._pending_len == chunk:
+                self._pending_len = 0
+                events += self._chunk(self._pending, self.first.steps_per_call)
+        return events
+
+    def flush(self) -> list[dict]:
+        """End of stream: pad the tail with silence; a candidate still waiting is verified on
+        what was heard."""
+        events = []
+        if self._pending_len:
+            real = -(-self._pending_len // self.step_samples)
+            self._pending[self._pending_len:] = 0.0
+            self._pending_len = 0
+            events += self._chunk(self._pending, real)
+        if self._candidate is not None:
+            events += self._verify(self._steps - 1)
+        return events
+
+    def _chunk(self, chunk: np.ndarray, real_steps: int) -> list[dict]:
+        probs = self.first.run_one(chunk)
+        self._audio = np.concatenate([self._audio[len(chunk):], chunk])
+        first, events = self._steps, []
+        self._steps += real_steps
+        self._audio_end = first + len(probs)
+        for i in range(real_steps):
+            step = first + i
+            if self._candidate is None and step >= self._next_allowed and probs[i] >= self.trigger:
+                self._candidate = (step, float(probs[i]))
+            if self._candidate is not None and step >= self._candidate[0] + self.delay_steps:
+                events += self._verify(step)
+        return events
+
+    def _verify(self, step: int) -> list[dict]:
+        """Replay the verifier from its initial state over the buffered steps up to ``step``
+        (from the stream's start when it is younger than the window)."""
+        cand, cand_prob = self._candidate
+        self._candidate = None
+        self.verifications += 1
+        start = max(0, step + 1 - self.warmup - self.window_steps)
+        oldest = self._audio_end - self._keep  # the step at _audio[0] (negative: before the stream)
+        lo, hi = (start - oldest) * self.step_samples, (step + 1 - oldest) * self.step_samples
+        self.verifier.reset()
+        q = self.verifier.run(self._audio[lo:hi].reshape(-1, self.step_samples))[-self.window_steps:]
+        best = float(q.max())
+        if best >= self.verifier_threshold:
+            self._next_allowed = step + self.refractory_steps
+            return [{"time": (step + 1) * self.step_samples / self.sample_rate, "prob": best, "keyword": self.keyword,
+                     "trigger_prob": cand_prob}]
+        self._next_allowed = max(cand + self.window_steps, step + 1)
+        return []
 
 
 # Audio input: wav files ------------------------------------------------------------------------
@@ -897,6 +1033,13 @@ def _parse_args(argv):
     p.add_argument("--probs", metavar="OUT.csv",
                    help="write every step's source, step, time, probability and score as CSV (no matplotlib needed)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--verifier", metavar="V.onnx",
+                   help="two-stage detection: --model proposes at --trigger, this streaming export (e.g. the embedding "
+                        "teacher's) confirms at --verifier-threshold; its large model runs only on candidates")
+    p.add_argument("--trigger", type=float, default=0.2,
+                   help="with --verifier: the first stage's probability that makes a candidate (default 0.2)")
+    p.add_argument("--verifier-threshold", type=float, default=None,
+                   help="with --verifier: the verifier's threshold (default: its kws.threshold)")
     p.add_argument("--info", action="store_true", help="print what the model needs (sample rate, chunk, keyword, threshold) as JSON and exit")
     args = p.parse_args(argv)
     if args.info:
@@ -907,6 +1050,14 @@ def _parse_args(argv):
         p.error("stdin (-) can be read only once")
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.verifier is None and (args.trigger != 0.2 or args.verifier_threshold is not None):
+        p.error("--trigger and --verifier-threshold need --verifier")
+    if args.verifier is not None:
+        clash = [flag for flag, on in (("--threshold", args.threshold is not None), ("--smooth", args.smooth != 1),
+                                      ("--patience", args.patience is not None), ("--plot", bool(args.plot)),
+                                      ("--probs", bool(args.probs))) if on]
+        if clash:
+            p.error(f"{', '.join(clash)} apply to a single model, not with --verifier (use --trigger / --verifier-threshold)")
     return args
 
 
@@ -919,8 +1070,12 @@ def run_cli(argv=None) -> int:
         _check_plot_path(args.plot)
     if args.probs:
         _check_output_path(args.probs, "--probs", "the probabilities", "a CSV file")
-    detector = Detector(args.model, threshold=args.threshold, smooth=args.smooth, patience=args.patience,
-                        refractory_ms=args.refractory_ms, keep_history=bool(args.plot or args.probs), threads=args.threads)
+    if args.verifier is not None:
+        detector = VerifiedDetector(args.model, args.verifier, trigger=args.trigger, verifier_threshold=args.verifier_threshold,
+                                    refractory_ms=args.refractory_ms, threads=args.threads)
+    else:
+        detector = Detector(args.model, threshold=args.threshold, smooth=args.smooth, patience=args.patience,
+                            refractory_ms=args.refractory_ms, keep_history=bool(args.plot or args.probs), threads=args.threads)
     rate = detector.sample_rate
     # Open every file first: a bad one fails before anything is printed.
     readers = {path: WavReader(path) for path in args.inputs if path != "-"}
@@ -956,8 +1111,9 @@ def run_cli(argv=None) -> int:
                 if source != "mic":  # a live microphone ends with Ctrl-C; anything else is cut short
                     raise
             events += report(detector.flush(), source)
-            tracks.append({"source": source, "times": detector.times, "probs": detector.probs,
-                           "scores": detector.scores, "events": events})
+            if args.plot or args.probs:
+                tracks.append({"source": source, "times": detector.times, "probs": detector.probs,
+                               "scores": detector.scores, "events": events})
     finally:
         for reader in readers.values():
             reader.close()

@@ -30,6 +30,11 @@ is never reset.  A detection (probability >= threshold, then ``REFRACTORY_S`` of
 any other a false alarm.  Reported at the model's threshold and as a sweep: the lowest
 threshold with at most 2 / 1 / 0.5 false alarms per hour and the hits there.
 
+Two-stage detection (``verified_events``, ``evaluate_verified``): the offline twin of
+``runtime.detect.VerifiedDetector`` on the two models' tracks of the same real stream (a cheap
+first stage proposes at a low trigger, the verifier confirms), swept over the verifier's
+threshold, with the verifications per hour it costs.
+
 Scorers are small interfaces so any model family plugs in:
 * ``ClipScorer(score, window_samples)``: ``score(float32 [N, window_samples]) -> [N]``;
 * a stream scorer: ``process(samples) -> probabilities of the steps completed``, ``flush()``,
@@ -65,6 +70,12 @@ PIECE_SECONDS = 60.0
 FAR_POINTS = {"0.1pct": 0.001, "1pct": 0.01}
 SWEEP_FA_PER_HOUR = (2.0, 1.0, 0.5)
 CURVE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)  # the trade-off at a glance
+# Two-stage detection defaults (runtime.detect.VerifiedDetector's): a first-stage trigger low
+# enough to pass nearly every keyword, the verifier's last 8 steps (640 ms) checked 4 steps
+# (320 ms) after the trigger, when the word has been heard.
+VERIFY_TRIGGER = 0.2
+VERIFY_WINDOW_STEPS = 8
+VERIFY_DELAY_STEPS = 4
 SWEEP_GRID = np.unique(np.round(np.concatenate([np.arange(0.01, 0.99, 0.01), [0.99, 0.995, 0.998, 0.999]]), 3))
 
 
@@ -579,4 +590,112 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
     out["threshold"] = threshold
     if source is not None:
         out["threshold_source"] = source
+    return out
+
+
+# Two-stage detection: runtime.detect.VerifiedDetector's offline twin ------------------------------
+def verified_events(first: np.ndarray, verifier: np.ndarray, trigger: float, threshold: float,
+                    window_steps: int = VERIFY_WINDOW_STEPS, delay_steps: int = VERIFY_DELAY_STEPS,
+                    refractory_steps: int = 13) -> tuple[np.ndarray, np.ndarray, int]:
+    """(event steps, the verifier's probability at each, verifications) of the two-stage
+    detector, from both models' per-step tracks of one stream (the verifier's as if it ran on
+    every step: a finite-window verifier replayed from its initial state gives the same).  A
+    first-stage step at or above ``trigger`` from ``next_allowed`` on is a candidate i; at
+    j = i + delay_steps (or the last step) the verifier's max over steps j - window_steps + 1
+    .. j decides; an event at j silences candidates until j + refractory_steps, a rejection
+    until max(i + window_steps, j + 1)."""
+    first = np.asarray(first, np.float64).reshape(-1)
+    verifier = np.asarray(verifier, np.float64).reshape(-1)
+    if verifier.size < first.size:
+        raise KWSError(f"the verifier's track has {verifier.size} steps, the first stage's {first.size}")
+    n = first.size
+    steps, probs, verifications, next_allowed = [], [], 0, 0
+    for i in np.flatnonzero(first >= trigger):  # candidates only
+        if i < next_allowed:
+            continue
+        j = min(n - 1, int(i) + delay_steps)
+        verifications += 1
+        best = float(verifier[max(0, j - window_steps + 1):j + 1].max())
+        if best >= threshold:
+            steps.append(j)
+            probs.append(best)
+            next_allowed = j + refractory_steps
+        else:
+            next_allowed = max(int(i) + window_steps, j + 1)
+    return np.asarray(steps, np.int64), np.asarray(probs, np.float64), verifications
+
+
+def verified_figures(first: np.ndarray, verifier: np.ndarray, stream: RealStream, step_seconds: float,
+                     threshold: float | None, trigger: float = VERIFY_TRIGGER, window_steps: int = VERIFY_WINDOW_STEPS,
+                     delay_steps: int = VERIFY_DELAY_STEPS, choose_fa_per_hour: float | None = None,
+                     replay_steps: int | None = None) -> dict:
+    """``stream_figures`` for the two-stage detector: hits and false alarms per hour at the
+    verifier's ``threshold`` (or the one ``choose_fa_per_hour`` picks) and the sweep over it,
+    plus how often the verifier runs (``replay_steps``: verifier steps per verification)."""
+    hours = stream.seconds / 3600.0
+    refractory_steps = math.ceil(REFRACTORY_S / step_seconds - 1e-9)
+
+    def at(t: float) -> dict:
+        steps, _, n = verified_events(first, verifier, trigger, t, window_steps, delay_steps, refractory_steps)
+        s = score_events((steps + 1) * step_seconds, stream.spans, stream.seconds, t, TOLERANCE_S).as_dict()
+        row = {k: s[k] for k in ("threshold", "hits", "keywords", "recall", "false_alarms", "false_alarms_per_hour",
+                                 "duplicate_detections", "detections")}
+        row["verifications_per_hour"] = n / hours
+        if replay_steps:
+            row["verifier_step_share"] = n * replay_steps / max(1, first.size)  # of the steps it would run always
+        return row
+
+    out = {"hours": hours, "keywords": len(stream.spans), "seed": stream.seed, "step_seconds": step_seconds,
+           "trigger": trigger, "window_steps": window_steps, "delay_steps": delay_steps,
+           "refractory_steps": refractory_steps, "replay_steps": replay_steps}
+    grid = [at(float(t)) for t in SWEEP_GRID]
+    fa = np.array([g["false_alarms_per_hour"] for g in grid])
+    sweep = []
+    for target in sorted({*SWEEP_FA_PER_HOUR, *([choose_fa_per_hour] if choose_fa_per_hour is not None else [])}, reverse=True):
+        tail_ok = np.flip(np.logical_and.accumulate(np.flip(fa <= target + 1e-12)))
+        first_ok = np.flatnonzero(tail_ok)
+        row = {"max_false_alarms_per_hour": target}
+        row.update(grid[int(first_ok[0])] if first_ok.size else {"threshold": None, "hits": 0, "recall": 0.0})
+        sweep.append(row)
+        if target == choose_fa_per_hour:
+            if row["threshold"] is None:
+                raise KWSError(f"no verifier threshold up to {SWEEP_GRID[-1]} keeps the real stream at <= {target} false "
+                               f"alarms per hour")
+            threshold = row["threshold"]
+            out["threshold_source"] = f"real stream: lowest verifier threshold with <= {target:g} false alarms per hour"
+    if threshold is not None:
+        out["at_threshold"] = at(float(threshold))
+    out["sweep"] = sweep
+    return out
+
+
+def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: str | Path, threshold: float | None = None,
+                      seed: int = 0, trigger: float = VERIFY_TRIGGER, window_steps: int = VERIFY_WINDOW_STEPS,
+                      delay_steps: int = VERIFY_DELAY_STEPS, choose_fa_per_hour: float | None = None,
+                      threads: int = 1) -> dict:
+    """The real stream through two streaming exports (``runtime.detect.Detector`` each, never
+    reset) and the two-stage figures of ``verified_figures`` (threshold default: the
+    verifier's ``kws.threshold``)."""
+    first, verifier = DetectorStream(first_onnx, threads), DetectorStream(verifier_onnx, threads)
+    for d in (first, verifier):
+        if slug(d.keyword) != dev.keyword_folder:
+            raise KWSError(f"{d.path}: detects {d.keyword!r}, the evaluation is for {dev.keyword!r}")
+    if abs(first.step_seconds - verifier.step_seconds) > 1e-9:
+        raise KWSError(f"{verifier_onnx}: steps {verifier.step_seconds * 1000:g} ms, {first_onnx} "
+                       f"{first.step_seconds * 1000:g} ms: a verifier must step with the detector")
+    meta = verifier.detector.metadata
+    replay = None
+    if "kws.window_ms" in meta:  # what runtime.detect.VerifiedDetector replays per verification
+        warmup = math.ceil((float(meta["kws.window_ms"]) * dev.sample_rate / 1000.0 + int(meta.get("kws.prefix_samples", 0)))
+                           / verifier.detector.step_samples) + 1
+        replay = warmup + window_steps
+    stream = build_stream(dev.load(), seed)
+    a = stream_track(dev, stream, first)
+    b = stream_track(dev, stream, verifier)
+    t = verifier.threshold if threshold is None and choose_fa_per_hour is None else threshold
+    out = verified_figures(a, b, stream, first.step_seconds, t, trigger, window_steps, delay_steps, choose_fa_per_hour,
+                           replay)
+    out.update({"model": str(first_onnx), "verifier": str(verifier_onnx)})
+    if threshold is None and choose_fa_per_hour is None:
+        out["threshold_source"] = f"{verifier_onnx}: kws.threshold"
     return out
