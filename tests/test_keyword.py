@@ -132,6 +132,10 @@ def test_layout_and_model_card(finished):
     assert list(verify["teacher"]["pairs"]) == ["torch vs teacher.stream.onnx"]
     real = json.loads((out / "real.json").read_text())
     assert real["measured"] and real["student"]["clips"]["keyword_clips"] == 3
+    v = real["verified"]  # runtime/detect.py --verifier's figures on the same stream
+    assert v["keywords"] == 3 and v["trigger"] == 0.2 and v["replay_steps"] == 27 + 8
+    assert v["at_threshold"]["verifications_per_hour"] > 0 and 0 < v["at_threshold"]["verifier_step_share"]
+    assert "--verifier teacher.stream.onnx" in card and "Two-stage on the same stream" in card
 
 
 def test_threshold_is_the_exported_one(finished):
@@ -145,6 +149,13 @@ def test_threshold_is_the_exported_one(finished):
     meta = kws_metadata(load_onnx_model(out / "exported" / "student.stream.int8w.onnx"))
     assert float(meta["kws.threshold"]) == pytest.approx(t["student"]["threshold"])
     assert meta["kws.keyword"] == KEYWORD
+    # the teacher's too (chosen on the real stand-in's stream when one reaches the target):
+    # the two-stage detector's verifier threshold
+    teacher = load_checkpoint(out / "checkpoints" / "teacher.pt")
+    assert teacher.metadata["threshold"] == pytest.approx(t["teacher"]["threshold"])
+    meta = kws_metadata(load_onnx_model(out / "exported" / "teacher.stream.onnx"))
+    assert float(meta["kws.threshold"]) == pytest.approx(t["teacher"]["threshold"])
+    assert "real stream" in t["teacher"]["source"] or "kept the synthetic threshold" in t["teacher"].get("real_stream", "")
 
 
 def test_the_pi_file_runs_with_detect_py(finished):

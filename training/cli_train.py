@@ -70,6 +70,12 @@ def real_options(f, eval_only: bool = False):
             click.option("--onnx", "onnx", type=click.Path(path_type=Path), default=None,
                          help="Score the real stream with this streaming ONNX export through runtime/detect.py's Detector "
                               "(its kws.threshold unless --threshold; implies --real) instead of the checkpoint in process."),
+            click.option("--verifier", type=click.Path(path_type=Path), default=None, metavar="V.onnx",
+                         help="Real stream, two-stage (runtime/detect.py --verifier): the --onnx export proposes at "
+                              "--trigger, this streaming export (e.g. the embedding teacher's) confirms; adds a "
+                              "\"verified\" section (its threshold: kws.threshold, or chosen by --real-max-fa)."),
+            click.option("--trigger", type=float, default=None,
+                         help="With --verifier: the first stage's candidate probability (default 0.2)."),
             click.option("--patience", type=int, default=None, metavar="N",
                          help="Real stream: a detection needs N steps in a row at or above the threshold (runtime/"
                               "detect.py --patience; default: the ONNX file's kws.patience, else 1)."),

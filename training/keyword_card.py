@@ -57,6 +57,12 @@ def model_card(run) -> str:
       f"scp {out}/exported/student.stream.int8w.onnx runtime/detect.py pi@raspberrypi.local:\n"
       "arecord -q -f S16_LE -r 16000 -c 1 -t raw | python detect.py --model student.stream.int8w.onnx -\n"
       "python detect.py --model student.stream.int8w.onnx recording.wav       # a file instead\n```\n")
+    a("Two-stage, the teacher's quality for a fraction of its cost (the student proposes at probability 0.2, the "
+      "teacher's export, 2.4 MB, confirms; it runs only on the student's candidates):\n")
+    a("```bash\n"
+      f"scp {out}/exported/teacher.stream.onnx pi@raspberrypi.local:\n"
+      "arecord -q -f S16_LE -r 16000 -c 1 -t raw | python detect.py --model student.stream.int8w.onnx "
+      "--verifier teacher.stream.onnx -\n```\n")
     a(f"The file carries its keyword ({kw!r}) and threshold ({sm['threshold']:.3f}) in its metadata; "
       "`--threshold T` overrides the threshold (higher: fewer false alarms, more misses).  "
       "More in the project's docs/runtime.md.\n")
@@ -145,6 +151,19 @@ def model_card(run) -> str:
         a(f"| {c.get('clips')} | {c.get('keyword_clips')} | {_fmt(c.get('au_fa_fr'))} | {_fmt(c.get('recall_at_0.1pct_far'))} "
           f"| {_fmt(c.get('recall_at_1pct_far'))} | {_fmt(s.get('hours'))} | {at.get('hits')}/{at.get('keywords')} "
           f"| {_fmt(at.get('false_alarms_per_hour'))} |\n")
+        v = real.get("verified") or {}
+        if v.get("at_threshold"):
+            vt = v["at_threshold"]
+            a(f"Two-stage on the same stream (`detect.py --verifier`: the student proposes at {v['trigger']:g}, "
+              f"`{v['verifier']}` confirms at its threshold {_fmt(vt.get('threshold'), '.3f')}): **{vt['hits']}/{vt['keywords']} "
+              f"hits at {_fmt(vt.get('false_alarms_per_hour'))} false alarms per hour**; the teacher was replayed "
+              f"{vt.get('verifications_per_hour', 0):.0f} times per hour of this wall-to-wall speech, "
+              f"{100 * vt.get('verifier_step_share', 0):.1f}% of the steps it would run alone.\n")
+            a("| two-stage, at most FA / h | verifier threshold | hits |\n|---:|---:|---:|")
+            for row in v.get("sweep", []):
+                a(f"| {row['max_false_alarms_per_hour']:g} | {_fmt(row.get('threshold'), '.3f')} | "
+                  f"{row.get('hits')}/{v.get('keywords')} |")
+            a("")
     else:
         a(f"Not measured: {real.get('reason', 'no real-speech dev set')}.  (The lead's real-speech dev set is only "
           "used where it holds the keyword; `kws-train eval --ckpt checkpoints/student.pt --real DIR` measures "

@@ -504,6 +504,15 @@ def run_eval(kw: dict) -> dict:
             raise KWSError("--real-max-fa must be >= 0 false alarms per hour")
         if not use_real:
             raise KWSError("--real-max-fa chooses the threshold on the real stream: add --real [DIR]")
+    if kw.get("verifier") is not None:
+        if kw.get("onnx") is None:
+            raise KWSError("--verifier confirms what a first-stage streaming export proposes: add --onnx FIRST.onnx")
+        if kw.get("no_real_stream"):
+            raise KWSError("--verifier is measured on the real stream: drop --no-real-stream")
+    elif kw.get("trigger") is not None:
+        raise KWSError("--trigger needs --verifier")
+    if kw.get("trigger") is not None and not 0.0 <= kw["trigger"] <= 1.0:
+        raise KWSError(f"--trigger {kw['trigger']} is not a probability")
     set_threads(kw["threads"])
     ckpt = read_checkpoint(kw["ckpt"])
     model = ckpt.build_model()
@@ -534,6 +543,12 @@ def run_eval(kw: dict) -> dict:
             real_result["threshold_source"] = f"{kw['onnx']}: kws.threshold"
         else:
             real_result["threshold_source"] = source
+        if kw.get("verifier") is not None:
+            from training.real import VERIFY_TRIGGER, evaluate_verified
+
+            trigger = VERIFY_TRIGGER if kw.get("trigger") is None else float(kw["trigger"])
+            real_result["verified"] = evaluate_verified(dev, kw["onnx"], kw["verifier"], seed=kw["seed"], trigger=trigger,
+                                                        choose_fa_per_hour=kw.get("real_max_fa"), threads=kw["threads"])
     if kw.get("save_threshold"):
         if kw.get("real_max_fa") is None:
             raise KWSError("--save-threshold stores the threshold --real-max-fa chooses: add --real-max-fa")
