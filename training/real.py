@@ -672,7 +672,7 @@ def verified_figures(first: np.ndarray, verifier: np.ndarray, stream: RealStream
 def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: str | Path, threshold: float | None = None,
                       seed: int = 0, trigger: float = VERIFY_TRIGGER, window_steps: int = VERIFY_WINDOW_STEPS,
                       delay_steps: int = VERIFY_DELAY_STEPS, choose_fa_per_hour: float | None = None,
-                      threads: int = 1) -> dict:
+                      threads: int = 1, indices: Sequence[int] | None = None) -> dict:
     """The real stream through two streaming exports (``runtime.detect.Detector`` each, never
     reset) and the two-stage figures of ``verified_figures`` (threshold default: the
     verifier's ``kws.threshold``)."""
@@ -689,7 +689,7 @@ def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: st
         warmup = math.ceil((float(meta["kws.window_ms"]) * dev.sample_rate / 1000.0 + int(meta.get("kws.prefix_samples", 0)))
                            / verifier.detector.step_samples) + 1
         replay = warmup + window_steps
-    stream = build_stream(dev.load(), seed)
+    stream = build_stream(dev.load(), seed, indices)
     a = stream_track(dev, stream, first)
     b = stream_track(dev, stream, verifier)
     t = verifier.threshold if threshold is None and choose_fa_per_hour is None else threshold
