@@ -4,6 +4,7 @@
     python benchmarks/anchor.py --keyword alexa                          # openWakeWord's alexa_v0.1.onnx alone
     python benchmarks/anchor.py --keyword alexa --model alexa.stream.onnx [--model ...] [--real DIR]
     python benchmarks/anchor.py --keyword alexa --model M.onnx --no-openwakeword
+    python benchmarks/anchor.py --keyword alexa --two-stage student.stream.int8w.onnx teacher.stream.onnx
 
 The stream is the project's real dev stream (``training/real.py``: every speech clip of both
 folders, shuffled with ``--seed``, back to back, never reset; ~2.07 h).  Each model hears the
@@ -237,6 +238,32 @@ def score_stream(dev, stream, scorer, piece_seconds: float = 60.0, label: str = 
     return np.concatenate(parts), timed.cpu_s
 
 
+def score_two_stage(dev, stream, det, piece_seconds: float = 60.0) -> tuple[np.ndarray, float]:
+    """Event times of a ``runtime.detect.VerifiedDetector`` over the whole stream and its CPU seconds."""
+    piece = int(round(piece_seconds * stream.sample_rate))
+    events, cpu = [], 0.0
+    for x in stream.pieces(dev, piece):
+        t0 = time.process_time()
+        events += det.process(x)
+        cpu += time.process_time() - t0
+    t0 = time.process_time()
+    events += det.flush()
+    cpu += time.process_time() - t0
+    return np.array([e["time"] for e in events], np.float64), cpu
+
+
+def two_stage_figures(times: np.ndarray, stream, threshold: float, verifications: int) -> dict:
+    from training.metrics import score_events
+    from training.real import TOLERANCE_S
+
+    s = score_events(times, stream.spans, stream.seconds, threshold, TOLERANCE_S).as_dict()
+    own = {k: s[k] for k in ("threshold", "hits", "keywords", "recall", "false_alarms", "false_alarms_per_hour",
+                             "duplicate_detections", "detections")}
+    own["verifications_per_hour"] = verifications / (stream.seconds / 3600)
+    return {"own": own, "fixed": {}, "sweep": [], "hours": stream.seconds / 3600, "keywords": len(stream.spans),
+            "clips": int(stream.order.size)}
+
+
 def model_figures(probs: np.ndarray, stream, step_seconds: float, own_threshold: float | None) -> dict:
     from training.real import stream_figures
 
@@ -318,13 +345,23 @@ def tables_md(results: dict) -> str:
 # The command ------------------------------------------------------------------------------------------
 def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model: str | None, use_oww: bool,
         seed: int, negatives: int | None, out: str | None, json_out: str | None, command: str,
-        probs_out: str | None = None) -> dict:
+        probs_out: str | None = None, two_stage: tuple = ()) -> dict:
+    from runtime.detect import DetectError, VerifiedDetector
     from training.real import DetectorStream, build_stream, open_real, slug
 
-    if not use_oww and not model_paths:
+    if not use_oww and not model_paths and not two_stage:
         raise KWSError("nothing to score: give --model FILE, or drop --no-openwakeword")
-    for p in model_paths:
+    for p in [*model_paths, *(q for pair in two_stage for q in pair)]:
         check_readable(p, "model")
+    pairs = []
+    for first, verifier in two_stage:
+        try:
+            det = VerifiedDetector(first, verifier)
+        except DetectError as exc:
+            raise KWSError(str(exc)) from None
+        if slug(det.keyword) != slug(keyword):
+            raise KWSError(f"{first}: detects {det.keyword!r}, the benchmark is for {keyword!r}")
+        pairs.append((Path(first), Path(verifier), det))
     for p in (out, json_out, probs_out):
         if p:
             check_writable(p)
@@ -383,6 +420,27 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
                        "figures": model_figures(probs, stream, scorer.step_seconds, scorer.threshold),
                        "costs": export_costs(path, meta)})
         log(f"{path.name}: {cpu / stream.seconds:.5f} CPU s per audio s")
+    for first, verifier, det in pairs:
+        name = f"kws-edge two-stage {first.name} + {verifier.name}"
+        log(f"scoring {name} through runtime/detect.py VerifiedDetector")
+        times, cpu = score_two_stage(dev, stream, det)
+        c1, c2 = export_costs(first, dict(det.first.metadata)), export_costs(verifier, dict(det.verifier.metadata))
+        steps = stream.seconds * SAMPLE_RATE / det.step_samples
+        share = det.verifications * (det.warmup + det.window_steps) / steps  # verifier steps run / steps heard
+        macs = None if None in (c1["macs_per_second"], c2["macs_per_second"]) else \
+            c1["macs_per_second"] + share * c2["macs_per_second"]
+        models.append({"name": name, "kind": "kws-edge", "path": f"{first} + {verifier}",
+                       "threshold_source": f"the verifier's kws.threshold; trigger {det.trigger:g}",
+                       "source": f"`{first}` proposes at {det.trigger:g}, `{verifier}` replayed over {det.warmup} + "
+                                 f"{det.window_steps} steps confirms ({det.verifications:,} verifications, the verifier ran "
+                                 f"{100 * share:.1f}% of the steps), `runtime/detect.py` `VerifiedDetector`; MACs: the "
+                                 f"first stage's + that share of the verifier's",
+                       "cpu_s": cpu, "cpu_per_audio_s": cpu / stream.seconds, "verifier_step_share": share,
+                       "figures": two_stage_figures(times, stream, det.verifier_threshold, det.verifications),
+                       "costs": {"params": c1["params"] + c2["params"],
+                                 "params_detail": {"first stage": c1["params"], "verifier": c2["params"]},
+                                 "macs_per_second": macs}})
+        log(f"{name}: {cpu / stream.seconds:.5f} CPU s per audio s")
     results = {
         "keyword": keyword, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{mach['cpu']}, {mach['cores']} cores, Python {mach['python']}, onnxruntime {mach['onnxruntime']}",
@@ -413,6 +471,8 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
 @click.option("--keyword", default="alexa", show_default=True, help="The keyword (its dev-set folder).")
 @click.option("--model", "models", multiple=True, type=click.Path(),
               help="A kws-edge streaming ONNX export for the keyword (repeatable).")
+@click.option("--two-stage", "two_stage", multiple=True, nargs=2, type=click.Path(), metavar="FIRST VERIFIER",
+              help="A two-stage pair (runtime/detect.py --model FIRST --verifier VERIFIER; repeatable).")
 @click.option("--real", type=click.Path(), default=None, help="The real dev set (default: ../shared/real).")
 @click.option("--oww-model", type=click.Path(), default=None,
               help="openWakeWord model file (default: <keyword>_v0.1.onnx from the installed wheel).")
@@ -424,14 +484,14 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write every figure as JSON.")
 @click.option("--save-probs", "probs_out", type=click.Path(), default=None,
               help="Also save every model's per-step probabilities and the keyword spans (.npz).")
-def cli(keyword, models, real, oww_model, no_oww, seed, negatives, out, json_out, probs_out) -> None:
+def cli(keyword, models, two_stage, real, oww_model, no_oww, seed, negatives, out, json_out, probs_out) -> None:
     """openWakeWord's pretrained model and kws-edge exports, side by side on the real dev stream."""
     argv = sys.argv[1:] if __name__ == "__main__" else []
     if "--save-probs" in argv:  # a scratch output: not part of the command that makes the table
         i = argv.index("--save-probs")
         argv = argv[:i] + argv[i + 2:]
     command = "python benchmarks/anchor.py " + " ".join(argv) if argv else "python benchmarks/anchor.py"
-    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out)
+    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out, two_stage)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,3 +159,44 @@ def test_run_scores_a_kws_edge_export_end_to_end(tmp_path):
     assert tracks["spans"].shape == (4, 2)
     text = md.read_text()
     assert f"| {m['name']} | 0.5 (its kws.threshold) |" in text and "| 0.9 |" in text
+
+
+def test_two_stage_pair_is_timed_as_it_runs(tmp_path):
+    """--two-stage: a tiny CRNN proposes, the embedding export confirms, through VerifiedDetector;
+    its detections are the offline twin's on the two models' own tracks."""
+    import json
+
+    import torch
+
+    from kws_export.checkpoint import save_checkpoint
+    from kws_export.config import CRNNConfig
+    from kws_export.embedding import EmbeddingConfig, EmbeddingKWS
+    from kws_export.export_onnx import export_onnx_file
+    from kws_export.model import CRNN
+    from training.real import verified_events
+
+    real = tmp_path / "real"
+    _tiny_dev_set(real)
+    torch.manual_seed(0)
+    first = CRNN(CRNNConfig(channels=2, hidden=8, gru_layers=1, stride=(4, 8), keyword="alexa")).eval()
+    save_checkpoint(tmp_path / "first.pt", first, {"threshold": 0.5})
+    verifier = EmbeddingKWS(EmbeddingConfig(keyword="alexa")).eval()
+    save_checkpoint(tmp_path / "verifier.pt", verifier, {"threshold": 0.5})
+    paths = [tmp_path / "first.stream.onnx", tmp_path / "verifier.stream.onnx"]
+    export_onnx_file(tmp_path / "first.pt", paths[0], streaming=True)
+    export_onnx_file(tmp_path / "verifier.pt", paths[1], streaming=True)
+    js, npz = tmp_path / "t.json", tmp_path / "t.npz"
+    rc = anchor.main(["--keyword", "alexa", "--no-openwakeword", "--model", str(paths[0]), "--model", str(paths[1]),
+                      "--two-stage", str(paths[0]), str(paths[1]), "--real", str(real), "--json", str(js),
+                      "--save-probs", str(npz)])
+    assert rc == 0
+    one, two, pair = json.loads(js.read_text())["models"]
+    assert pair["name"] == "kws-edge two-stage first.stream.onnx + verifier.stream.onnx"
+    tracks = np.load(npz)
+    steps, _, n = verified_events(tracks["probs_0"], tracks["probs_1"], 0.2, 0.5)
+    own = pair["figures"]["own"]
+    assert own["detections"] == len(steps) and own["threshold"] == 0.5 and n > 0
+    assert pair["costs"]["params"] == one["costs"]["params"] + two["costs"]["params"]
+    assert one["costs"]["macs_per_second"] < pair["costs"]["macs_per_second"] <= \
+        one["costs"]["macs_per_second"] + two["costs"]["macs_per_second"] * max(1.0, pair["verifier_step_share"])
+    assert pair["cpu_per_audio_s"] > 0
