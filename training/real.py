@@ -493,6 +493,27 @@ def patience_scores(probs: np.ndarray, patience: int) -> np.ndarray:
     return out
 
 
+def sweep_thresholds(at: Callable[[float], dict], choose_fa_per_hour: float | None = None,
+                     what: str = "threshold") -> tuple[list, float | None]:
+    """The sweep of ``at`` (figures at a threshold) over SWEEP_GRID: for each false-alarm
+    target (SWEEP_FA_PER_HOUR and ``choose_fa_per_hour``) the lowest grid threshold from
+    which on every higher one stays within it; and that threshold for ``choose_fa_per_hour``."""
+    grid = [at(float(t)) for t in SWEEP_GRID]
+    fa = np.array([g["false_alarms_per_hour"] for g in grid])
+    sweep, chosen = [], None
+    for target in sorted({*SWEEP_FA_PER_HOUR, *([choose_fa_per_hour] if choose_fa_per_hour is not None else [])}, reverse=True):
+        tail_ok = np.flip(np.logical_and.accumulate(np.flip(fa <= target + 1e-12)))
+        first = np.flatnonzero(tail_ok)
+        row = {"max_false_alarms_per_hour": target}
+        row.update(grid[int(first[0])] if first.size else {"threshold": None, "hits": 0, "recall": 0.0})
+        sweep.append(row)
+        if target == choose_fa_per_hour:
+            if row["threshold"] is None:
+                raise KWSError(f"no {what} up to {SWEEP_GRID[-1]} keeps the real stream at <= {target} false alarms per hour")
+            chosen = row["threshold"]
+    return sweep, chosen
+
+
 def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, threshold: float | None,
                    choose_fa_per_hour: float | None = None, patience: int = 1) -> dict:
     """Hits, recall and false alarms per hour at ``threshold`` and the sweep.  With
@@ -514,23 +535,10 @@ def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, t
     out = {"hours": duration / 3600.0, "clips": int(stream.order.size), "keywords": len(stream.spans),
            "seed": stream.seed, "step_seconds": step_seconds, "refractory_s": REFRACTORY_S, "tolerance_s": TOLERANCE_S,
            "patience": int(patience)}
-    grid = [at(float(t)) for t in SWEEP_GRID]
-    fa = np.array([g["false_alarms_per_hour"] for g in grid])
-    sweep = []
-    targets = sorted({*SWEEP_FA_PER_HOUR, *([choose_fa_per_hour] if choose_fa_per_hour is not None else [])}, reverse=True)
-    for target in targets:
-        ok = fa <= target + 1e-12
-        # the lowest grid threshold from which on every higher one also stays within the target
-        tail_ok = np.flip(np.logical_and.accumulate(np.flip(ok)))
-        first = np.flatnonzero(tail_ok)
-        row = {"max_false_alarms_per_hour": target}
-        row.update(grid[int(first[0])] if first.size else {"threshold": None, "hits": 0, "recall": 0.0})
-        sweep.append(row)
-        if target == choose_fa_per_hour:
-            if row["threshold"] is None:
-                raise KWSError(f"no threshold up to {SWEEP_GRID[-1]} keeps the real stream at <= {target} false alarms per hour")
-            threshold = row["threshold"]
-            out["threshold_source"] = f"real stream: lowest threshold with <= {target:g} false alarms per hour"
+    sweep, chosen = sweep_thresholds(at, choose_fa_per_hour)
+    if chosen is not None:
+        threshold = chosen
+        out["threshold_source"] = f"real stream: lowest threshold with <= {choose_fa_per_hour:g} false alarms per hour"
     if threshold is not None:
         out["at_threshold"] = at(float(threshold))
     out["sweep"] = sweep
@@ -648,21 +656,10 @@ def verified_figures(first: np.ndarray, verifier: np.ndarray, stream: RealStream
     out = {"hours": hours, "keywords": len(stream.spans), "seed": stream.seed, "step_seconds": step_seconds,
            "trigger": trigger, "window_steps": window_steps, "delay_steps": delay_steps,
            "refractory_steps": refractory_steps, "replay_steps": replay_steps}
-    grid = [at(float(t)) for t in SWEEP_GRID]
-    fa = np.array([g["false_alarms_per_hour"] for g in grid])
-    sweep = []
-    for target in sorted({*SWEEP_FA_PER_HOUR, *([choose_fa_per_hour] if choose_fa_per_hour is not None else [])}, reverse=True):
-        tail_ok = np.flip(np.logical_and.accumulate(np.flip(fa <= target + 1e-12)))
-        first_ok = np.flatnonzero(tail_ok)
-        row = {"max_false_alarms_per_hour": target}
-        row.update(grid[int(first_ok[0])] if first_ok.size else {"threshold": None, "hits": 0, "recall": 0.0})
-        sweep.append(row)
-        if target == choose_fa_per_hour:
-            if row["threshold"] is None:
-                raise KWSError(f"no verifier threshold up to {SWEEP_GRID[-1]} keeps the real stream at <= {target} false "
-                               f"alarms per hour")
-            threshold = row["threshold"]
-            out["threshold_source"] = f"real stream: lowest verifier threshold with <= {target:g} false alarms per hour"
+    sweep, chosen = sweep_thresholds(at, choose_fa_per_hour, "verifier threshold")
+    if chosen is not None:
+        threshold = chosen
+        out["threshold_source"] = f"real stream: lowest verifier threshold with <= {choose_fa_per_hour:g} false alarms per hour"
     if threshold is not None:
         out["at_threshold"] = at(float(threshold))
     out["sweep"] = sweep
