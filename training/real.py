@@ -493,11 +493,12 @@ def patience_scores(probs: np.ndarray, patience: int) -> np.ndarray:
     return out
 
 
-def sweep_thresholds(at: Callable[[float], dict], choose_fa_per_hour: float | None = None,
-                     what: str = "threshold") -> tuple[list, float | None]:
-    """The sweep of ``at`` (figures at a threshold) over SWEEP_GRID: for each false-alarm
-    target (SWEEP_FA_PER_HOUR and ``choose_fa_per_hour``) the lowest grid threshold from
-    which on every higher one stays within it; and that threshold for ``choose_fa_per_hour``."""
+def add_sweep(out: dict, at: Callable[[float], dict], threshold: float | None, choose_fa_per_hour: float | None = None,
+              what: str = "threshold") -> dict:
+    """``out`` with ``sweep`` (``at``, the figures at a threshold, over SWEEP_GRID: for each
+    false-alarm target of SWEEP_FA_PER_HOUR and ``choose_fa_per_hour`` the lowest grid
+    threshold from which on every higher one stays within it) and ``at_threshold`` (at
+    ``threshold``, or at the one ``choose_fa_per_hour`` picks, with ``threshold_source``)."""
     grid = [at(float(t)) for t in SWEEP_GRID]
     fa = np.array([g["false_alarms_per_hour"] for g in grid])
     sweep, chosen = [], None
@@ -511,7 +512,13 @@ def sweep_thresholds(at: Callable[[float], dict], choose_fa_per_hour: float | No
             if row["threshold"] is None:
                 raise KWSError(f"no {what} up to {SWEEP_GRID[-1]} keeps the real stream at <= {target} false alarms per hour")
             chosen = row["threshold"]
-    return sweep, chosen
+    if chosen is not None:
+        threshold = chosen
+        out["threshold_source"] = f"real stream: lowest {what} with <= {choose_fa_per_hour:g} false alarms per hour"
+    if threshold is not None:
+        out["at_threshold"] = at(float(threshold))
+    out["sweep"] = sweep
+    return out
 
 
 def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, threshold: float | None,
@@ -535,13 +542,7 @@ def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, t
     out = {"hours": duration / 3600.0, "clips": int(stream.order.size), "keywords": len(stream.spans),
            "seed": stream.seed, "step_seconds": step_seconds, "refractory_s": REFRACTORY_S, "tolerance_s": TOLERANCE_S,
            "patience": int(patience)}
-    sweep, chosen = sweep_thresholds(at, choose_fa_per_hour)
-    if chosen is not None:
-        threshold = chosen
-        out["threshold_source"] = f"real stream: lowest threshold with <= {choose_fa_per_hour:g} false alarms per hour"
-    if threshold is not None:
-        out["at_threshold"] = at(float(threshold))
-    out["sweep"] = sweep
+    add_sweep(out, at, threshold, choose_fa_per_hour)
     out["curve"] = [{k: r[k] for k in ("threshold", "hits", "false_alarms_per_hour")}
                     for r in (at(t) for t in CURVE_THRESHOLDS)]
     return out
@@ -656,14 +657,7 @@ def verified_figures(first: np.ndarray, verifier: np.ndarray, stream: RealStream
     out = {"hours": hours, "keywords": len(stream.spans), "seed": stream.seed, "step_seconds": step_seconds,
            "trigger": trigger, "window_steps": window_steps, "delay_steps": delay_steps,
            "refractory_steps": refractory_steps, "replay_steps": replay_steps}
-    sweep, chosen = sweep_thresholds(at, choose_fa_per_hour, "verifier threshold")
-    if chosen is not None:
-        threshold = chosen
-        out["threshold_source"] = f"real stream: lowest verifier threshold with <= {choose_fa_per_hour:g} false alarms per hour"
-    if threshold is not None:
-        out["at_threshold"] = at(float(threshold))
-    out["sweep"] = sweep
-    return out
+    return add_sweep(out, at, threshold, choose_fa_per_hour, "verifier threshold")
 
 
 def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: str | Path, threshold: float | None = None,
