@@ -505,7 +505,7 @@ class VerifiedDetector:
     def reset(self) -> None:
         self.first.reset()
         self._pending_len = 0
-        self._steps = 0                      # steps seen (padding of a flush included)
+        self._steps = 0                      # steps of the stream seen (a flush's padding-only steps not counted)
         self._audio = np.zeros(self._keep * self.step_samples, np.float32)  # the last _keep steps, oldest first
         self._audio_end = 0                  # the step after the last one in _audio
         self._candidate: tuple[int, float] | None = None  # (step, first-stage probability)
