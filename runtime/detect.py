@@ -444,6 +444,18 @@ class Detector:
 
 
 # Two-stage detection -------------------------------------------------------------------------
+def verifier_warmup_steps(model: StreamingModel) -> int:
+    """Steps of audio a verifier replayed from its initial state needs before its probabilities
+    equal those of it running on every step: its receptive field (``kws.window_ms`` +
+    ``kws.prefix_samples``) in steps, +1 for the carried prefix."""
+    try:
+        window_ms = float(model.metadata["kws.window_ms"])
+        prefix = int(model.metadata.get("kws.prefix_samples", 0))
+    except (KeyError, TypeError, ValueError):
+        raise DetectError(f"{model.path}: the verifier's metadata lacks kws.window_ms (its receptive field)") from None
+    return math.ceil((window_ms * model.sample_rate / 1000.0 + prefix) / model.step_samples) + 1
+
+
 class VerifiedDetector:
     """A cheap always-on detector proposes, a larger streaming model confirms (two-stage wake
     word detection: the large model's quality at little more than the small one's cost).
@@ -477,11 +489,7 @@ class VerifiedDetector:
             raise DetectError(f"{v.path}: the verifier must take one step per call (it takes {v.steps_per_call})")
         if str(v.keyword) != str(f.keyword):
             raise DetectError(f"{v.path}: the verifier's keyword {v.keyword!r} is not the detector's {f.keyword!r}")
-        try:
-            window_ms = float(v.metadata["kws.window_ms"])
-            prefix = int(v.metadata.get("kws.prefix_samples", 0))
-        except (KeyError, TypeError, ValueError):
-            raise DetectError(f"{v.path}: the verifier's metadata lacks kws.window_ms (its receptive field)") from None
+        self.warmup = verifier_warmup_steps(v)
         for name, value in (("window_steps", window_steps), ("delay_steps", delay_steps)):
             if int(value) != value or value < (1 if name == "window_steps" else 0):
                 raise DetectError(f"{name} must be a whole number of steps >= {1 if name == 'window_steps' else 0}, got {value}")
@@ -496,8 +504,6 @@ class VerifiedDetector:
         self.chunk_samples = f.chunk_samples
         self.trigger, self.window_steps, self.delay_steps = float(trigger), int(window_steps), int(delay_steps)
         self.refractory_steps = math.ceil(refractory_ms * self.sample_rate / 1000.0 / self.step_samples - 1e-9)
-        # the steps whose audio the verifier's window reaches back over, +1 for the carried prefix
-        self.warmup = math.ceil((window_ms * self.sample_rate / 1000.0 + prefix) / self.step_samples) + 1
         self._keep = self.warmup + self.window_steps + self.first.steps_per_call  # steps of audio kept
         self._pending = np.zeros(self.chunk_samples, np.float32)
         self.reset()
@@ -541,7 +547,9 @@ class VerifiedDetector:
 
     def _chunk(self, chunk: np.ndarray, real_steps: int) -> list[dict]:
         probs = self.first.run_one(chunk)
-        self._audio = np.concatenate([self._audio[len(chunk):], chunk])
+        n = len(chunk)  # shift the buffer in place: this runs every 80 ms
+        self._audio[:-n] = self._audio[n:]
+        self._audio[-n:] = chunk
         first, events = self._steps, []
         self._steps += real_steps
         self._audio_end = first + len(probs)

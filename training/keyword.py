@@ -478,7 +478,8 @@ def stage_thresholds(run: Run) -> dict:
         dev = open_real(run.real_dir, run.keyword, model.config.sample_rate).load()
         stream = build_stream(dev, 0)
         for name, ckpt in (("student", student), ("teacher", teacher)):
-            scorer = streamer_for(model if name == "student" else ckpt.build_model(), "cpu")
+            built = model if name == "student" else ckpt.build_model()
+            scorer = streamer_for(built, "cpu")
             track = stream_track(dev, stream, scorer)
             if name == "teacher":  # the real stage's two-stage figures reuse it
                 run.partial.mkdir(exist_ok=True)
@@ -495,7 +496,7 @@ def stage_thresholds(run: Run) -> dict:
             meta["threshold_source"] = s["threshold_source"] + " (real dev set, scored only)"
             scratch = _fresh(run.partial / "thresholds")
             tmp = scratch / f"{name}.pt"
-            save_checkpoint(tmp, model if name == "student" else ckpt.build_model(), meta)
+            save_checkpoint(tmp, built, meta)
             # the stage's record accepts the rewritten file too: an interruption between the
             # rename and the state write must not make the checkpoint look tampered with
             run.state["stages"][name].setdefault("also", {})[f"checkpoints/{name}.pt"] = sha256_file(tmp)
@@ -600,22 +601,15 @@ def stage_real(run: Run) -> dict:
 
 
 def _two_stage(run: Run, dev, first: Path) -> dict:
-    """runtime/detect.py --verifier's figures on the real stream (``training.real.verified_figures``):
+    """runtime/detect.py --verifier's figures on the real stream (``training.real.evaluate_verified``):
     the int8 student proposes, the teacher's export confirms at its threshold.  The teacher's
     track is the thresholds stage's (in process; its export equals it within the verify
     stage's 1e-5) when that is still there, else the export's through the runtime."""
-    from training.real import DetectorStream, build_stream, stream_track, verified_figures
+    from training.real import evaluate_verified
 
-    verifier = run.out / "exported" / "teacher.stream.onnx"
-    stream = build_stream(dev, 0)
-    a = stream_track(dev, stream, DetectorStream(first))
-    v = DetectorStream(verifier)
     cached = run.partial / TEACHER_TRACK
-    b = np.load(cached) if cached.is_file() else stream_track(dev, stream, v)
-    meta = v.detector.metadata
-    warmup = math.ceil((float(meta["kws.window_ms"]) * dev.sample_rate / 1000 + int(meta.get("kws.prefix_samples", 0)))
-                       / v.detector.step_samples) + 1
-    out = verified_figures(a, b, stream, v.step_seconds, v.threshold, replay_steps=warmup + 8)
+    out = evaluate_verified(dev, first, run.out / "exported" / "teacher.stream.onnx",
+                            verifier_track=np.load(cached) if cached.is_file() else None)
     out.update({"model": "exported/student.stream.int8w.onnx", "verifier": "exported/teacher.stream.onnx",
                 "threshold_source": "exported/teacher.stream.onnx: kws.threshold",
                 "verifier_track": "thresholds stage, in process" if cached.is_file() else "the export, through runtime/detect.py"})

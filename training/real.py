@@ -663,10 +663,12 @@ def verified_figures(first: np.ndarray, verifier: np.ndarray, stream: RealStream
 def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: str | Path, threshold: float | None = None,
                       seed: int = 0, trigger: float = VERIFY_TRIGGER, window_steps: int = VERIFY_WINDOW_STEPS,
                       delay_steps: int = VERIFY_DELAY_STEPS, choose_fa_per_hour: float | None = None,
-                      threads: int = 1, indices: Sequence[int] | None = None) -> dict:
+                      threads: int = 1, indices: Sequence[int] | None = None,
+                      verifier_track: np.ndarray | None = None) -> dict:
     """The real stream through two streaming exports (``runtime.detect.Detector`` each, never
     reset) and the two-stage figures of ``verified_figures`` (threshold default: the
-    verifier's ``kws.threshold``)."""
+    verifier's ``kws.threshold``).  ``verifier_track``: the verifier's probabilities on this
+    stream when already computed (e.g. its checkpoint in process), instead of its export's."""
     first, verifier = DetectorStream(first_onnx, threads), DetectorStream(verifier_onnx, threads)
     for d in (first, verifier):
         if slug(d.keyword) != dev.keyword_folder:
@@ -674,15 +676,14 @@ def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: st
     if abs(first.step_seconds - verifier.step_seconds) > 1e-9:
         raise KWSError(f"{verifier_onnx}: steps {verifier.step_seconds * 1000:g} ms, {first_onnx} "
                        f"{first.step_seconds * 1000:g} ms: a verifier must step with the detector")
-    meta = verifier.detector.metadata
+    from runtime.detect import verifier_warmup_steps
+
     replay = None
-    if "kws.window_ms" in meta:  # what runtime.detect.VerifiedDetector replays per verification
-        warmup = math.ceil((float(meta["kws.window_ms"]) * dev.sample_rate / 1000.0 + int(meta.get("kws.prefix_samples", 0)))
-                           / verifier.detector.step_samples) + 1
-        replay = warmup + window_steps
+    if "kws.window_ms" in verifier.detector.metadata:  # what runtime.detect.VerifiedDetector replays per verification
+        replay = verifier_warmup_steps(verifier.detector.model) + window_steps
     stream = build_stream(dev.load(), seed, indices)
     a = stream_track(dev, stream, first)
-    b = stream_track(dev, stream, verifier)
+    b = stream_track(dev, stream, verifier) if verifier_track is None else verifier_track
     t = verifier.threshold if threshold is None and choose_fa_per_hour is None else threshold
     out = verified_figures(a, b, stream, first.step_seconds, t, trigger, window_steps, delay_steps, choose_fa_per_hour,
                            replay)
