@@ -447,7 +447,12 @@ class Detector:
 def verifier_warmup_steps(model: StreamingModel) -> int:
     """Steps of audio a verifier replayed from its initial state needs before its probabilities
     equal those of it running on every step: its receptive field (``kws.window_ms`` +
-    ``kws.prefix_samples``) in steps, +1 for the carried prefix."""
+    ``kws.prefix_samples``) in steps, +1 for the carried prefix.  Only a model that forgets
+    what lies outside that window can be replayed exactly: the embedding teacher's export
+    (``kws.arch`` embedding); a CRNN's GRU carries everything it heard."""
+    if model.metadata.get("kws.arch") != "embedding":
+        raise DetectError(f"{model.path}: the verifier must see a finite window (an embedding teacher's streaming export); "
+                          "this one carries recurrent state, so a replay would not equal it running on every step")
     try:
         window_ms = float(model.metadata["kws.window_ms"])
         prefix = int(model.metadata.get("kws.prefix_samples", 0))
