@@ -313,3 +313,45 @@ def test_verify_stage_fails_the_run_on_any_mismatch(finished, tmp_path, monkeypa
     assert summary["student"]["ok"] == (bad != "student") and summary["teacher"]["ok"] == (bad != "teacher")
 
 
+
+
+def test_engines_auto_adds_the_neural_voices_when_installed(monkeypatch):
+    import training.synth as synth
+    from training.keyword import resolve_engines
+
+    monkeypatch.setattr(synth, "available_engines", lambda neural=False: ["espeak", "flite", *(["piper", "hibari"] if neural else [])])
+    assert resolve_engines("auto") == ["espeak", "flite", "piper", "hibari"]
+    assert resolve_engines("auto", preset="tiny") == ["espeak", "flite"]  # the test preset stays fast
+    monkeypatch.setattr(synth, "available_engines", lambda neural=False: ["espeak", "flite"])
+    assert resolve_engines("auto") == ["espeak", "flite"]  # without the [neural] extra
+    assert resolve_engines("flite, espeak") == ["flite", "espeak"]
+
+
+@pytest.mark.parametrize("spec, message", [("espeak,nope", "unknown speech engine"), ("espeak,espeak", "distinct"),
+                                           (",", "distinct")])
+def test_bad_engines_are_one_line(spec, tmp_path, capsys, message):
+    out = tmp_path / "run"
+    assert kws_train("keyword", "computer", "--out", out, "--engines", spec, *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()
+
+
+def test_neural_voices_cost_corpus_time_in_the_plan():
+    from training.keyword import PROBE_REFERENCE_S, make_plan, synth_seconds
+
+    ref = lambda: PROBE_REFERENCE_S  # noqa: E731
+    classic, neural = make_plan(60, probe=ref), make_plan(60, probe=ref, engines=["espeak", "flite", "piper", "hibari"])
+    assert classic.engines == ["espeak", "flite"] and neural.engines == ["espeak", "flite", "piper", "hibari"]
+    assert neural.corpus_clips() < classic.corpus_clips()  # slower voices: a smaller corpus in the same budget
+    assert synth_seconds(neural) > synth_seconds(classic) * neural.corpus_clips() / classic.corpus_clips()
+
+
+def test_resume_with_other_engines_is_refused(finished, capsys):
+    out = finished["out"]
+    before = state_of(out)
+    assert before["plan"]["engines"] == ["espeak", "flite"] and "--engines espeak,flite" in before["command"]
+    assert kws_train("keyword", KEYWORD, "--out", out, "--resume", "--engines", "espeak", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--engines espeak,flite" in err
+    assert state_of(out) == before

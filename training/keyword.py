@@ -67,6 +67,7 @@ STUDENT_SIZES: dict[str, dict] = {
 PROBE_REFERENCE_S = 0.028
 COSTS = {
     "synth_units_per_s": 120.0,       # 1 s clips with 2 workers (a 2 s phrase counts 2); measured 140-160
+    "synth_neural_units_per_s": 29.0, # the same with Piper and hibari only (a corpus of 3,700 units in 126 s)
     "synth_fixed_s": 10.0,            # noises, babble talkers, the phrase vocabulary, worker start-up
     "teacher_windows_per_s": 55.0,    # augmented 2 s windows through the frozen embedding, 2 workers; measured 64
     "bank_s_per_seq_second": 0.032,   # the teacher scoring one second of a bank sequence; measured 0.028
@@ -83,6 +84,7 @@ MARGIN = 0.9  # plan to 90% of the budget
 CORPUS_AND_TEACHER_SHARE = 0.45  # of the usable budget at most; the student gets the rest
 MAX_EPOCHS = 100  # the student's time box never runs more (60 stopped 60 min runs at ~50 min)
 REAL_MAX_FA = 0.5  # false alarms per hour the real-stream thresholds allow
+CLASSIC_ENGINES = ("espeak", "flite")
 TEACHER_TRACK = "teacher_real_track.npy"  # in DIR/.partial: the teacher on the real stream (thresholds -> real)
 
 
@@ -100,6 +102,7 @@ class Plan:
     words: list | None = None          # None: the 30 Speech Commands words
     max_confusables: int = 20
     noise_seconds: float = 60.0
+    engines: list = dataclasses.field(default_factory=lambda: list(CLASSIC_ENGINES))
     # teacher
     views: int = 2
     teacher_iterations: int = 100
@@ -170,7 +173,34 @@ def cost(name: str, plan: "Plan") -> float:
 
 
 def synth_seconds(plan: "Plan") -> float:
-    return (plan.corpus_clips() + 2 * plan.phrases) / cost("synth_units_per_s", plan) + cost("synth_fixed_s", plan)
+    from training.synth import ENGINE_WEIGHTS, NEURAL_ENGINES
+
+    w = {e: ENGINE_WEIGHTS.get(e, 0.2) for e in plan.engines}
+    neural = sum(v for e, v in w.items() if e in NEURAL_ENGINES) / max(1e-9, sum(w.values()))  # share of the clips
+    per_unit = (1 - neural) / cost("synth_units_per_s", plan) + neural / cost("synth_neural_units_per_s", plan)
+    return (plan.corpus_clips() + 2 * plan.phrases) * per_unit + cost("synth_fixed_s", plan)
+
+
+def resolve_engines(spec: str, preset: str | None = None) -> list[str]:
+    """``--engines``: a comma-separated list, or ``auto``: espeak and flite, plus the neural
+    voices (Piper, hibari) when the ``[neural]`` extra is installed (the tiny test preset:
+    espeak and flite only).  Measured (docs/training.md): adding them to the embedding
+    teacher's windows found more real keywords at <= 0.5 false alarms per hour."""
+    from training.synth import NEURAL_ENGINES, available_engines, get_engine
+
+    if spec == "auto":
+        names = available_engines(neural=preset is None)
+        if not all(e in names for e in CLASSIC_ENGINES):
+            raise KWSError(f"--engines auto needs {' and '.join(CLASSIC_ENGINES)} (make setup installs them)")
+        return names
+    names = [e.strip() for e in spec.split(",") if e.strip()]
+    if not names or len(set(names)) != len(names):
+        raise KWSError(f"--engines {spec!r}: give distinct engine names, e.g. espeak,flite,piper,hibari")
+    for e in names:
+        get_engine(e)  # one line when it is unknown or its package is missing
+    if not any(e not in NEURAL_ENGINES for e in names):
+        raise KWSError("--engines needs espeak or flite too: the phrase vocabulary and the demo voices come from them")
+    return names
 
 
 def teacher_windows(plan: "Plan", views: int | None = None) -> float:
@@ -183,8 +213,10 @@ def teacher_seconds(plan: "Plan", views: int | None = None) -> float:
 
 
 def make_plan(minutes: float, student: str = "small", preset: str | None = None, real: bool = False,
-              probe: Callable[[], float] | None = None) -> Plan:
-    """Stage sizes for a budget of ``minutes`` (``preset="tiny"``: seconds, for tests)."""
+              probe: Callable[[], float] | None = None, engines: list[str] | None = None) -> Plan:
+    """Stage sizes for a budget of ``minutes`` (``preset="tiny"``: seconds, for tests) with the
+    corpus spoken by ``engines`` (default espeak and flite; the neural ones cost ~4x per clip)."""
+    engines = list(engines or CLASSIC_ENGINES)
     if student not in STUDENT_SIZES:
         raise KWSError(f"--student must be one of {', '.join(STUDENT_SIZES)}, not {student!r}")
     if preset == "tiny":
@@ -194,7 +226,7 @@ def make_plan(minutes: float, student: str = "small", preset: str | None = None,
                     words=["yes", "no", "left", "right"], max_confusables=2, noise_seconds=5.0, views=1,
                     teacher_iterations=30, teacher_workers=1, bank_sequences=3, seq_seconds=4.0, sequences=2, epochs=2,
                     epoch_size=64, batch_size=32, val_minutes=0.3, eval_minutes=0.3, student_arch=arch,
-                    verify_seconds=4.0)
+                    verify_seconds=4.0, engines=engines)
     if preset is not None:
         raise KWSError(f"unknown --sizes preset {preset!r}")
     if not minutes >= MIN_MINUTES:
@@ -202,12 +234,12 @@ def make_plan(minutes: float, student: str = "small", preset: str | None = None,
                        f"(stages are sized for a 2-core machine)")
     speed = (probe or speed_probe)() / PROBE_REFERENCE_S
     speed = float(min(6.0, max(0.3, speed)))
-    base = Plan(minutes=minutes, student=student, speed=speed)
+    base = Plan(minutes=minutes, student=student, speed=speed, engines=engines)
     usable = minutes * 60.0 * MARGIN - cost("fixed_s", base) - (cost("real_s", base) if real else 0.0)
     # Corpus + teacher: the default corpus (scale 1) and its windows, scaled to their share.
     at_1 = synth_seconds(base) + teacher_seconds(base) - cost("synth_fixed_s", base)
     scale = min(MAX_SCALE, max(0.0, CORPUS_AND_TEACHER_SHARE * usable - cost("synth_fixed_s", base)) / at_1)
-    plan = Plan(minutes=minutes, student=student, speed=speed, student_arch=_arch(student),
+    plan = Plan(minutes=minutes, student=student, speed=speed, student_arch=_arch(student), engines=engines,
                 keyword_count=max(60, int(round(2000 * scale / 10)) * 10), per_word=max(6, int(round(200 * scale))),
                 phrases=max(40, int(round(2000 * scale / 10)) * 10))
     # Student: what the corpus and teacher leave; a third of it for the teacher-scored bank, the
@@ -246,7 +278,7 @@ def describe_plan(plan: Plan, real: bool) -> list[str]:
         f"machine speed: {plan.speed:.2f}x the reference's time per embedding window" if not plan.preset else "test preset: tiny sizes",
         f"data{est}: {plan.keyword_count} keyword clips, {plan.per_word} per negative word "
         f"({(len(plan.words) if plan.words is not None else 30)} command words + up to {plan.max_confusables} confusables), "
-        f"{plan.phrases} phrases, noises of {plan.noise_seconds:g} s",
+        f"{plan.phrases} phrases, noises of {plan.noise_seconds:g} s, voices of {', '.join(plan.engines)}",
         f"teacher{t_est}: speech embedding + head, {plan.views} views per clip, L-BFGS head ({plan.teacher_iterations} iterations)",
         f"student{s_est}: {plan.student} (channels {arch.get('channels')}, hidden {arch.get('hidden')}, "
         f"{arch.get('gru_layers')} GRU layer, stride {tuple(arch.get('stride', ()))}), bank of {plan.bank_sequences} x "
@@ -358,7 +390,8 @@ def stage_data(run: Run) -> dict:
     t0 = time.monotonic()
     synth_corpus(run.data, run.keyword, per_word=p.per_word, keyword_count=p.keyword_count, seed=0, workers=2,
                  force=True, progress=run.progress, words=p.words, max_confusables=p.max_confusables,
-                 noise_seconds=p.noise_seconds, phrases=p.phrases, vocabulary="auto")
+                 noise_seconds=p.noise_seconds, phrases=p.phrases, vocabulary="auto", engines=tuple(p.engines),
+                 holdout_engine="none")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(run.data, 0o777 & ~umask)  # the corpus's temporary folder was private (mkdtemp)
@@ -366,7 +399,8 @@ def stage_data(run: Run) -> dict:
     seconds = time.monotonic() - t0
     units = sum(meta["clips"].values()) + 2 * meta["phrases"]["count"]
     cmd = ["kws-train", "synth", "--keyword", run.keyword, "--out", "DIR/data", "--per-word", str(p.per_word),
-           "--keyword-count", str(p.keyword_count), "--phrases", str(p.phrases)]
+           "--keyword-count", str(p.keyword_count), "--phrases", str(p.phrases), "--engines", ",".join(p.engines),
+           "--holdout-engine", "none"]
     return {"outputs": ["data/synth.json", "data/manifest.csv"], "argv": cmd,
             "info": {"clips_per_s": units / max(seconds, 1e-6), "clips": meta["clips"], "phrases": meta["phrases"]["clips"],
                      "engines": meta["engines"], "voices_used": meta["voices_used"], "negatives": len(meta["negatives"]),
@@ -708,7 +742,7 @@ def real_source(keyword: str, real: str | None, no_real: bool) -> tuple[Path | N
 
 def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool, progress: bool = True,
                 sizes: str | None = None, real: str | None = None, no_real: bool = False,
-                explicit: set | None = None) -> dict:
+                explicit: set | None = None, engines: str = "auto") -> dict:
     explicit = explicit or set()
     keyword = normalise_keyword(text)
     from training.synth import check_keyword, slug
@@ -730,10 +764,12 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
             raise KWSError(f"{out}: was started with --student {old.student}; resume it with the same size")
         if "sizes" in explicit and old.preset != sizes:
             raise KWSError(f"{out}: was started with {'--sizes ' + old.preset if old.preset else 'no --sizes'}")
+        if "engines" in explicit and engines != "auto" and resolve_engines(engines, old.preset) != old.engines:
+            raise KWSError(f"{out}: was started with --engines {','.join(old.engines)}; resume it with the same voices")
     check_keyword(keyword)  # espeak-ng can say it (one line otherwise), before anything is written
     real_dir, real_note = real_source(keyword, real, no_real)
     if state is None:
-        plan = make_plan(minutes, student, sizes, real=real_dir is not None)
+        plan = make_plan(minutes, student, sizes, real=real_dir is not None, engines=resolve_engines(engines, sizes))
         state = {"version": STATE_VERSION, "keyword": keyword, "budget_minutes": minutes, "plan": plan.to_dict(),
                  "stages": {}, "elapsed_s": 0.0,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -744,7 +780,8 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
         if "minutes" in explicit and minutes != plan.minutes:
             _say_plain(f"resuming with the budget it was planned for ({plan.minutes:g} min), not {minutes:g}")
     state["command"] = shlex.join(["kws-train", "keyword", keyword, "--out", str(out), "--minutes", f"{plan.minutes:g}",
-                                   "--student", plan.student, *(["--sizes", plan.preset] if plan.preset else [])])
+                                   "--student", plan.student, "--engines", ",".join(plan.engines),
+                                   *(["--sizes", plan.preset] if plan.preset else [])])
     state["real"] = {"dir": str(real_dir) if real_dir else None, "note": real_note}
     run = Run(out, keyword, plan, state, progress, real_dir, real_note, time.monotonic(), float(state.get("elapsed_s", 0.0)))
     names = [n for n, _ in STAGES]
