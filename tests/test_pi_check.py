@@ -193,10 +193,7 @@ def test_missing_tools_that_cannot_be_installed_are_a_one_line_skip(monkeypatch,
     assert pc.main(["--models", models, "--strict"]) == 1
 
 
-def test_main_exits_1_on_a_mismatch(monkeypatch, tmp_path, capsys):
-    """The wiring of main without QEMU: set-up stubbed, the 'emulated' run is x86 with one
-    probability nudged by 2e-5 (over the fp32 bound, under the int8 one)."""
-    models = sorted(glob.glob(str(ROOT / "exported" / "student.stream*.onnx")))
+def _stub_setup(monkeypatch, tmp_path):
     monkeypatch.setattr(pc, "ensure_tools", lambda: ("qemu", "mmdebstrap"))
     monkeypatch.setattr(pc, "ensure_rootfs", lambda cache, mm, mirror: tmp_path)
     monkeypatch.setattr(pc, "ensure_site", lambda cache, n, o: tmp_path)
@@ -206,9 +203,16 @@ def test_main_exits_1_on_a_mismatch(monkeypatch, tmp_path, capsys):
                                                            "onnxruntime": pc.importlib.metadata.version("onnxruntime")})
     x = np.sin(np.arange(16000) * 0.05).astype(np.float32) * 0.3
     monkeypatch.setattr(pc, "make_inputs", lambda cache, real: ([], (x * 32767).astype("<i2").tobytes(), "a tone on stdin"))
+
+
+def test_main_exits_1_on_a_mismatch(monkeypatch, tmp_path, capsys):
+    """The wiring of main without QEMU: set-up stubbed, the 'emulated' run is x86 with one
+    probability nudged by 2e-5 (over the fp32 bound, under the int8 one)."""
+    models = sorted(glob.glob(str(ROOT / "exported" / "student.stream*.onnx")))
+    _stub_setup(monkeypatch, tmp_path)
     real_run = pc.run_detect
 
-    def fake_run(target, model, wavs, pcm, out_csv, timeout=900):
+    def fake_run(target, model, wavs, pcm, out_csv, timeout=900, verifier=None):
         tracks, err, s = real_run(pc.Target("x86", [pc.sys.executable], dict(pc.os.environ)), model, wavs, pcm, out_csv)
         if target.name != "x86-64":
             tracks["-"].probs[3] += 2e-5
@@ -236,3 +240,41 @@ def test_short_inputs_cut_the_resampling_input_and_stdin(tmp_path):
     x, rate = sf.read(str(wavs[0]))
     assert wavs[0].name == "short-synth-44k1-stereo.wav" and rate == 44100 and x.shape == (int(pc.SHORT_WAV_S * 44100), 2)
     assert len(short_pcm) == int(pc.SHORT_PCM_S * 16000) * 2
+
+
+def test_two_stage_pair_is_run_and_compared(monkeypatch, tmp_path, capsys):
+    """Each embedding export also runs as the verifier of its keyword's smallest export, every
+    step a candidate: its detections (verifier probabilities) are compared like a track's."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("student.stream.int8w.onnx", "student.stream.onnx", "teacher_embedding.stream.onnx"):
+        (models / name).symlink_to(ROOT / "exported" / name)
+    metas = {m: pc.read_metadata(m) for m in sorted(models.iterdir())}
+    assert pc.two_stage_pairs(metas) == [(models / "teacher_embedding.stream.onnx", models / "student.stream.int8w.onnx")]
+    _stub_setup(monkeypatch, tmp_path)
+    x = np.sin(np.arange(48000) * 0.05).astype(np.float32) * 0.3  # 3 s: the pair runs on its first 2 s
+    monkeypatch.setattr(pc, "make_inputs", lambda cache, real: ([], (x * 32767).astype("<i2").tobytes(), "a tone on stdin"))
+    real_run = pc.run_detect
+    seen = []
+
+    def fake_run(target, model, wavs, pcm, out_csv, timeout=900, verifier=None):
+        tracks, err, s = real_run(pc.Target("x86", [pc.sys.executable], dict(pc.os.environ)), model, wavs, pcm, out_csv,
+                                  verifier=verifier)
+        if verifier is not None:
+            seen.append((target.name, len(tracks["-"].events), tracks["-"].probs))
+            if target.name != "x86-64":
+                t, p = tracks["-"].events[1]
+                tracks["-"].events[1] = (t, p + 2e-5)
+        return tracks, err, s
+
+    monkeypatch.setattr(pc, "run_detect", fake_run)
+    code = pc.main(["--models", str(models / "*.onnx"), "--cache", str(tmp_path / "c"), "--boards", "pi4"])
+    out = capsys.readouterr().out
+    assert code == 1
+    # 2 s on stdin, trigger and threshold 0: a verification every refractory period (13 steps)
+    assert [n for _, n, _ in seen] == [2, 2] and all(probs == [] for _, _, probs in seen)
+    pair = [line for line in out.splitlines() if line.startswith("student.stream.int8w.onnx + --verifier")]
+    assert len(pair) == 1 and pair[0].split()[-1] == "MISMATCH", out
+    assert "detection probabilities differ by more than 1e-05" in out
+    singles = [line for line in out.splitlines() if line.startswith(("student.stream", "teacher_embedding")) and "+" not in line]
+    assert len(singles) == 3 and all(line.split()[-1] == "ok" for line in singles), out
