@@ -337,6 +337,26 @@ def test_cli_rejects_unknown_engine(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_engine_weights_set_how_often_each_engine_speaks():
+    voices = list_voices(["espeak", "flite"])
+
+    def flite_share(weights):
+        jobs = [j for j in synth.plan_corpus("sheila", ["yes", "no"], [], voices, 200, 400, 0, engine_weights=weights)
+                if j.split == "train"]  # (a small split's pool may hold one engine's voices only)
+        return sum(j.voice.engine == "flite" for j in jobs) / len(jobs)
+
+    assert 0.2 < flite_share(None) < 0.4  # the defaults: espeak 0.7, flite 0.3
+    assert flite_share({"flite": 0.03}) < 0.08 and flite_share({"espeak": 0.03}) > 0.85  # 0.3 / 0.33
+
+
+@pytest.mark.parametrize("weight", ["flite", "flite=0", "flite=x", "piper=1", "flite=inf"])
+def test_cli_rejects_a_bad_engine_weight(weight, tmp_path, capsys):
+    assert kws_train("synth", "--keyword", "sheila", "--out", tmp_path / "c", "--engine-weight", weight) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kws-train: error:") and "\n" not in err and "--engine-weight" in err
+    assert not (tmp_path / "c").exists()
+
+
 # Neural engines (the [neural] extra) ---------------------------------------------------------
 def test_misaki_phonemes():
     from training.neural import misaki_phonemes

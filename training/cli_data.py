@@ -25,8 +25,12 @@ import click
 @click.option("--holdout-engine", default="auto", show_default=True,
               help="Engine whose voices all go to validation (never heard in training); auto: the last neural engine when "
                    "two are used, else none; 'none' to disable.")
+@click.option("--engine-weight", "engine_weight", multiple=True, metavar="ENGINE=W",
+              help="How often an engine's voices are drawn, relative to the others (defaults: espeak 0.7, flite 0.3, "
+                   "piper 0.2, hibari 0.2); repeat for several.")
 def synth(keyword: str, out: str, per_word: int, keyword_count: int, seed: int, workers: int, force: bool, phrases: int,
-          phrase_seconds: float, near_fraction: float, vocabulary: str, engines: str, holdout_engine: str) -> None:
+          phrase_seconds: float, near_fraction: float, vocabulary: str, engines: str, holdout_engine: str,
+          engine_weight: tuple[str, ...]) -> None:
     """Synthesize a Speech Commands-style corpus for KEYWORD with espeak-ng and flite.
 
     Writes one folder of 1 s / 16 kHz / mono / 16-bit wavs per word (the keyword, the 30
@@ -40,10 +44,20 @@ def synth(keyword: str, out: str, per_word: int, keyword_count: int, seed: int, 
     names = [e.strip() for e in engines.split(",") if e.strip()]
     if not names:
         raise KWSError("--engines: give at least one engine (espeak, flite, piper, hibari)")
+    weights = {}
+    for item in engine_weight:
+        name, _, value = item.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if name.strip() not in names or not w > 0 or w == float("inf"):
+            raise KWSError(f"--engine-weight {item!r}: give ENGINE=W with one of --engines ({', '.join(names)}) and W > 0")
+        weights[name.strip()] = w
     path = synth_corpus(out, keyword, per_word=per_word, keyword_count=keyword_count, seed=seed,
                         workers=workers, force=force, progress=True, engines=names, phrases=phrases,
                         phrase_seconds=phrase_seconds, near_fraction=near_fraction, vocabulary=vocabulary,
-                        holdout_engine=holdout_engine)
+                        holdout_engine=holdout_engine, engine_weights=weights or None)
     click.echo(f"corpus for {keyword!r} written to {path}")
 
 

@@ -85,6 +85,9 @@ CORPUS_AND_TEACHER_SHARE = 0.45  # of the usable budget at most; the student get
 MAX_EPOCHS = 100  # the student's time box never runs more (60 stopped 60 min runs at ~50 min)
 REAL_MAX_FA = 0.5  # false alarms per hour the real-stream thresholds allow
 CLASSIC_ENGINES = ("espeak", "flite")
+# Each neural engine's draw weight in the keyword corpus (espeak 0.7, flite 0.3): about 11% of
+# the clips for the two, the share that never lost a real keyword for the teacher (docs/training.md).
+NEURAL_WEIGHT = 0.06
 TEACHER_TRACK = "teacher_real_track.npy"  # in DIR/.partial: the teacher on the real stream (thresholds -> real)
 
 
@@ -175,10 +178,17 @@ def cost(name: str, plan: "Plan") -> float:
 def synth_seconds(plan: "Plan") -> float:
     from training.synth import ENGINE_WEIGHTS, NEURAL_ENGINES
 
-    w = {e: ENGINE_WEIGHTS.get(e, 0.2) for e in plan.engines}
+    w = {e: engine_weights(plan).get(e, ENGINE_WEIGHTS.get(e, 0.2)) for e in plan.engines}
     neural = sum(v for e, v in w.items() if e in NEURAL_ENGINES) / max(1e-9, sum(w.values()))  # share of the clips
     per_unit = (1 - neural) / cost("synth_units_per_s", plan) + neural / cost("synth_neural_units_per_s", plan)
     return (plan.corpus_clips() + 2 * plan.phrases) * per_unit + cost("synth_fixed_s", plan)
+
+
+def engine_weights(plan: "Plan") -> dict[str, float]:
+    """The corpus's draw weights that differ from ``ENGINE_WEIGHTS``: the neural engines'."""
+    from training.synth import NEURAL_ENGINES
+
+    return {e: NEURAL_WEIGHT for e in plan.engines if e in NEURAL_ENGINES}
 
 
 def resolve_engines(spec: str, preset: str | None = None) -> list[str]:
@@ -391,7 +401,7 @@ def stage_data(run: Run) -> dict:
     synth_corpus(run.data, run.keyword, per_word=p.per_word, keyword_count=p.keyword_count, seed=0, workers=2,
                  force=True, progress=run.progress, words=p.words, max_confusables=p.max_confusables,
                  noise_seconds=p.noise_seconds, phrases=p.phrases, vocabulary="auto", engines=tuple(p.engines),
-                 holdout_engine="none")
+                 holdout_engine="none", engine_weights=engine_weights(p) or None)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(run.data, 0o777 & ~umask)  # the corpus's temporary folder was private (mkdtemp)
@@ -400,7 +410,7 @@ def stage_data(run: Run) -> dict:
     units = sum(meta["clips"].values()) + 2 * meta["phrases"]["count"]
     cmd = ["kws-train", "synth", "--keyword", run.keyword, "--out", "DIR/data", "--per-word", str(p.per_word),
            "--keyword-count", str(p.keyword_count), "--phrases", str(p.phrases), "--engines", ",".join(p.engines),
-           "--holdout-engine", "none"]
+           "--holdout-engine", "none", *[f"--engine-weight={e}={w:g}" for e, w in engine_weights(p).items()]]
     return {"outputs": ["data/synth.json", "data/manifest.csv"], "argv": cmd,
             "info": {"clips_per_s": units / max(seconds, 1e-6), "clips": meta["clips"], "phrases": meta["phrases"]["clips"],
                      "engines": meta["engines"], "voices_used": meta["voices_used"], "negatives": len(meta["negatives"]),

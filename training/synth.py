@@ -711,9 +711,10 @@ def _voice_pools(voices: Sequence[Voice], seed: int, holdout: Sequence[str]) -> 
     return {s: [v for v in voices if voice_split[v.id] == s] for s in SPLITS}
 
 
-def _draw_voice(pool: Sequence[Voice], rng: np.random.Generator) -> Voice:
+def _draw_voice(pool: Sequence[Voice], rng: np.random.Generator, engine_weights: dict | None = None) -> Voice:
     engines = sorted({v.engine for v in pool})
-    weights = np.array([ENGINE_WEIGHTS.get(e, 0.2) for e in engines])
+    table = {**ENGINE_WEIGHTS, **(engine_weights or {})}
+    weights = np.array([table.get(e, 0.2) for e in engines])
     engine = engines[int(rng.choice(len(engines), p=weights / weights.sum()))]
     candidates = [v for v in pool if v.engine == engine]
     return candidates[int(rng.integers(len(candidates)))]
@@ -727,7 +728,8 @@ def _draw_splits(count: int, rng: np.random.Generator) -> list[str]:
 
 
 def plan_corpus(keyword: str, negatives: Sequence[str], confusables: Sequence[str], voices: Sequence[Voice],
-                per_word: int, keyword_count: int, seed: int, holdout: Sequence[str] = ()) -> list[ClipJob]:
+                per_word: int, keyword_count: int, seed: int, holdout: Sequence[str] = (),
+                engine_weights: dict | None = None) -> list[ClipJob]:
     """The full list of clips, drawn from ``seed`` alone (the same plan for any worker count)."""
     voice_split = split_voices(voices, seed, holdout=holdout)
     pools = {s: [v for v in voices if voice_split[v.id] == s] for s in SPLITS}
@@ -750,7 +752,7 @@ def plan_corpus(keyword: str, negatives: Sequence[str], confusables: Sequence[st
             small_counter += count
         folder = slug(word)
         for split in splits:
-            voice = _draw_voice(pools[split], rng)
+            voice = _draw_voice(pools[split], rng, engine_weights)
             k = per_voice.get((folder, voice.id), 0)
             per_voice[(folder, voice.id)] = k + 1
             punct = _PUNCTUATION[int(rng.choice(len(_PUNCTUATION), p=_PUNCTUATION_P))]
@@ -771,7 +773,8 @@ PHRASE_KINDS = ("phrase", "near_phrase")
 
 
 def plan_phrases(keyword: str, count: int, seconds: float, vocab, families: dict[str, list[str]], voices: Sequence[Voice],
-                 seed: int, near_fraction: float = 0.5, start_index: int = 0, holdout: Sequence[str] = ()) -> list[ClipJob]:
+                 seed: int, near_fraction: float = 0.5, start_index: int = 0, holdout: Sequence[str] = (),
+                 engine_weights: dict | None = None) -> list[ClipJob]:
     """Multi-word negative clips for ``_phrases_/``: ``count`` clips of ``seconds`` each, a
     ``near_fraction`` of them phonetically close to the keyword (``kind=near_phrase``), the
     rest 2-5 random words of ``vocab`` (``kind=phrase``); voices drawn like the word clips',
@@ -798,7 +801,7 @@ def plan_phrases(keyword: str, count: int, seconds: float, vocab, families: dict
                 break
         else:
             raise KWSError(f"could not draw a phrase without the keyword {keyword!r} (vocabulary {vocab.source})")
-        voice = _draw_voice(pools[split], rng)
+        voice = _draw_voice(pools[split], rng, engine_weights)
         k = per_voice.get(voice.id, 0)
         per_voice[voice.id] = k + 1
         punct = _PUNCTUATION[int(rng.choice(len(_PUNCTUATION), p=_PUNCTUATION_P))]
@@ -1040,7 +1043,8 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
                  workers: int = 2, force: bool = False, progress: bool = True, *, words: Sequence[str] | None = None,
                  max_confusables: int = 20, noise_seconds: float = 60.0, engines: Sequence[str] = ("espeak", "flite"),
                  phrases: int = 0, phrase_seconds: float = 2.0, near_fraction: float = 0.5, vocabulary: str = "auto",
-                 vocabulary_size: int = 20000, holdout_engine: str | None = "auto") -> Path:
+                 vocabulary_size: int = 20000, holdout_engine: str | None = "auto",
+                 engine_weights: dict[str, float] | None = None) -> Path:
     """Write the synthetic corpus for ``keyword`` to ``out_dir`` and return its path.
 
     ``words`` replaces the 30 Speech Commands negatives, ``max_confusables`` caps the derived
@@ -1052,7 +1056,8 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
     the ``vocabulary``: see ``training.phrases``); list them with
     ``training.data.phrase_clips``.  ``holdout_engine`` puts every voice of one engine into
     validation (``"auto"``: the last neural engine when two or more are used, else none;
-    ``None`` / ``"none"``: none).
+    ``None`` / ``"none"``: none).  ``engine_weights`` overrides ``ENGINE_WEIGHTS``: how often
+    each engine's voices are drawn for a clip.
     """
     out = Path(out_dir)
     keyword = " ".join(keyword.split())
@@ -1073,7 +1078,8 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
     check_keyword(keyword)
     negatives, confusables = corpus_words(keyword, max_confusables, words)
     voices = list_voices(engines)
-    jobs = plan_corpus(keyword, negatives, confusables, voices, per_word, keyword_count, seed, holdout=holdout)
+    jobs = plan_corpus(keyword, negatives, confusables, voices, per_word, keyword_count, seed, holdout=holdout,
+                       engine_weights=engine_weights)
     phrase_info: dict = {"count": 0}
     if phrases:
         from training.phrases import Phonemizer, load_vocabulary, near_phrases
@@ -1081,7 +1087,7 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         vocab = load_vocabulary(vocabulary_size, vocabulary)
         families = near_phrases(keyword, vocab.words, Phonemizer(get_engine("espeak").ipa), orthographic=confusables)
         jobs += plan_phrases(keyword, phrases, phrase_seconds, vocab, families, voices, seed, near_fraction,
-                             start_index=len(jobs), holdout=holdout)
+                             start_index=len(jobs), holdout=holdout, engine_weights=engine_weights)
         phrase_info = {"count": phrases, "folder": PHRASE_FOLDER, "seconds": phrase_seconds, "near_fraction": near_fraction,
                        "vocabulary": {"source": vocab.source, "version": vocab.version, "size": len(vocab.words)},
                        "near_families": {k: len(v) for k, v in families.items()}}
@@ -1111,7 +1117,7 @@ def synth_corpus(out_dir: str | os.PathLike, keyword: str, per_word: int = 200, 
         infos = {i: info for r in results if r[0] == "clips" for i, info in r[1]}
         _write_lists(tmp, jobs, infos)
         _write_metadata(tmp, keyword, seed, per_word, keyword_count, negatives, confusables, voices, jobs, noise_seconds,
-                        phrase_info, holdout)
+                        phrase_info, holdout, engine_weights)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1166,7 +1172,7 @@ def _write_lists(root: Path, jobs: Sequence[ClipJob], infos: dict[int, dict]) ->
 
 def _write_metadata(root: Path, keyword: str, seed: int, per_word: int, keyword_count: int, negatives: Sequence[str],
                     confusables: Sequence[str], voices: Sequence[Voice], jobs: Sequence[ClipJob], noise_seconds: float,
-                    phrases: dict | None = None, holdout: Sequence[str] = ()) -> None:
+                    phrases: dict | None = None, holdout: Sequence[str] = (), engine_weights: dict | None = None) -> None:
     used = {s: sorted({j.voice.id for j in jobs if j.split == s}) for s in SPLITS}
     words = [j for j in jobs if j.kind not in PHRASE_KINDS]
     phr = [j for j in jobs if j.kind in PHRASE_KINDS]
@@ -1188,6 +1194,7 @@ def _write_metadata(root: Path, keyword: str, seed: int, per_word: int, keyword_
         "voices_used": {s: len(v) for s, v in used.items()},
         "engines": sorted({v.engine for v in voices}),
         "holdout_engines": list(holdout),
+        "engine_weights": {e: float({**ENGINE_WEIGHTS, **(engine_weights or {})}.get(e, 0.2)) for e in sorted({v.engine for v in voices})},
         "engine_clips": {e: {s: sum(1 for j in jobs if j.voice.engine == e and j.split == s) for s in SPLITS}
                          for e in sorted({v.engine for v in voices})},
         "noises": [f"{NOISE_FOLDER}/{n}.wav" for n in NOISES],
