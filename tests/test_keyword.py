@@ -355,3 +355,53 @@ def test_resume_with_other_engines_is_refused(finished, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--engines espeak,flite" in err
     assert state_of(out) == before
+
+
+def test_thresholds_on_real_negatives_when_the_dev_set_lacks_the_keyword(tmp_path, capsys):
+    """A dev set without the keyword is all negatives: both thresholds are chosen on it (the
+    lowest with <= 0.5 false alarms per hour) and the exports carry them; no real figures."""
+    from runtime.detect import StreamingModel
+
+    real = make_fake_dev_set(tmp_path / "real", KEYWORD)  # "hey nova", yes, stop: none is "computer"
+    out = tmp_path / "run"
+    assert kws_train("keyword", "computer", "--out", out, "--real", real, *TINY) == 0
+    th = json.loads((out / "thresholds.json").read_text())
+    for name in ("teacher", "student"):
+        t = th[name]
+        assert t["source"].startswith("real negatives: lowest threshold with <= 0.5 false alarms per hour"), t
+        at = t["real_negatives_at_threshold"]
+        assert at["false_alarms_per_hour"] <= 0.5 and at["threshold"] == t["threshold"] and at["hours"] > 0
+    assert StreamingModel(str(out / "exported" / "student.stream.int8w.onnx")).threshold == pytest.approx(th["student"]["threshold"])
+    assert StreamingModel(str(out / "exported" / "teacher.stream.onnx")).threshold == pytest.approx(th["teacher"]["threshold"])
+    assert json.loads((out / "real.json").read_text())["measured"] is False
+    assert "real negatives" in (out / "README.md").read_text()
+    assert state_of(out)["real"]["negatives"] == str(real)
+
+
+def test_open_negatives_skips_folders_that_may_say_the_keyword(tmp_path):
+    from kws_export.audio import write_wav
+    from training.real import open_negatives
+
+    for rel in ("a/x.wav", "a/b/y.flac", "view_glass/z.wav", "_silence_/s.wav", ".hidden/h.wav", "c/notes.txt"):
+        p = tmp_path / "neg" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix == ".txt":
+            p.write_text("")
+        else:
+            write_wav(p, np.zeros(1600, np.float32), 16000) if p.suffix == ".wav" else __import__("soundfile").write(
+                str(p), np.zeros(1600, np.float32), 16000)
+    assert open_negatives(tmp_path / "neg", "computer").relpaths == ["a/b/y.flac", "a/x.wav", "view_glass/z.wav"]
+    d = open_negatives(tmp_path / "neg", "view").load()
+    assert d.relpaths == ["a/b/y.flac", "a/x.wav"] and not d.labels.any() and len(d.lengths()) == 2
+    with pytest.raises(KWSError, match="negatives folder not found"):
+        open_negatives(tmp_path / "nope", "view")
+    with pytest.raises(KWSError, match="no .wav or .flac"):
+        open_negatives(tmp_path / "neg" / "c", "view")
+
+
+def test_bad_negatives_folder_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert kws_train("keyword", "computer", "--out", out, "--negatives", tmp_path / "missing", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "negatives folder not found" in err
+    assert not out.exists()

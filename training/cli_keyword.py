@@ -22,6 +22,10 @@ from training.cli_train import CONTEXT
               help="Real-speech dev set for figures and the threshold (default: ../shared/real when it exists and "
                    "holds the keyword; only scored, never trained on).")
 @click.option("--no-real", is_flag=True, help="Do not measure on real speech even when the dev set is there.")
+@click.option("--negatives", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Real recordings that never say the keyword (every .wav / .flac under DIR): both thresholds are chosen "
+                   "at <= 0.5 false alarms per hour on them (only scored, never trained on).  Default: the dev set when "
+                   "it is there but does not hold the keyword.")
 @click.option("--engines", default="auto", show_default=True, metavar="LIST",
               help="Voices of the corpus: comma-separated engines (espeak, flite, piper, hibari), or auto: espeak and "
                    "flite plus Piper and hibari when the [neural] extra is installed.")
@@ -29,7 +33,7 @@ from training.cli_train import CONTEXT
 @click.option("--sizes", type=click.Choice(["tiny"]), default=None, hidden=True,
               help="Testing preset: every stage runs for real on a tiny corpus and model (seconds).")
 def keyword(text: str, out: Path, minutes: float, student: str, resume: bool, real: Path | None, no_real: bool,
-            no_progress: bool, sizes: str | None, engines: str) -> None:
+            no_progress: bool, sizes: str | None, engines: str, negatives: Path | None) -> None:
     """Train a detector for TEXT (any English word or phrase, e.g. "computer" or "hey nova")
     from synthetic speech only, and export it for a Raspberry Pi.
 
@@ -47,7 +51,8 @@ def keyword(text: str, out: Path, minutes: float, student: str, resume: bool, re
     explicit = {n for n in ("minutes", "student", "sizes", "engines")
                 if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
     run_keyword(text, out, minutes, student, resume, progress=not no_progress, sizes=sizes,
-                real=str(real) if real is not None else None, no_real=no_real, explicit=explicit, engines=engines)
+                real=str(real) if real is not None else None, no_real=no_real, explicit=explicit, engines=engines,
+                negatives=str(negatives) if negatives is not None else None)
 
 
 COMMANDS = [keyword]

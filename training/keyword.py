@@ -75,6 +75,7 @@ COSTS = {
     "student_eval_s": 40.0,           # corpus loading, threshold on validation streams, test figures
     "fixed_s": 90.0,                  # thresholds, export, verify, demo, card
     "real_s": 420.0,                  # the real dev stream (2 h): the student twice, the teacher once; the clips
+    "negatives_s": 260.0,             # 2 h of real negatives (the dev set's size): the student and the teacher once
 }
 MAX_SCALE = 4.0  # the corpus grows with the budget up to 4x the default; beyond, the time goes to the student
 EPOCHS_PLANNED = 40  # a larger student share draws more clips per epoch rather than more epochs
@@ -223,7 +224,7 @@ def teacher_seconds(plan: "Plan", views: int | None = None) -> float:
 
 
 def make_plan(minutes: float, student: str = "small", preset: str | None = None, real: bool = False,
-              probe: Callable[[], float] | None = None, engines: list[str] | None = None) -> Plan:
+              probe: Callable[[], float] | None = None, engines: list[str] | None = None, negatives: bool = False) -> Plan:
     """Stage sizes for a budget of ``minutes`` (``preset="tiny"``: seconds, for tests) with the
     corpus spoken by ``engines`` (default espeak and flite; the neural ones cost ~4x per clip)."""
     engines = list(engines or CLASSIC_ENGINES)
@@ -245,7 +246,7 @@ def make_plan(minutes: float, student: str = "small", preset: str | None = None,
     speed = (probe or speed_probe)() / PROBE_REFERENCE_S
     speed = float(min(6.0, max(0.3, speed)))
     base = Plan(minutes=minutes, student=student, speed=speed, engines=engines)
-    usable = minutes * 60.0 * MARGIN - cost("fixed_s", base) - (cost("real_s", base) if real else 0.0)
+    usable = minutes * 60.0 * MARGIN - cost("fixed_s", base) - real_seconds(base, real, negatives)
     # Corpus + teacher: the default corpus (scale 1) and its windows, scaled to their share.
     at_1 = synth_seconds(base) + teacher_seconds(base) - cost("synth_fixed_s", base)
     scale = min(MAX_SCALE, max(0.0, CORPUS_AND_TEACHER_SHARE * usable - cost("synth_fixed_s", base)) / at_1)
@@ -278,7 +279,7 @@ def student_epochs(plan: Plan, seconds: float) -> int:
     return int(max(2, min(MAX_EPOCHS, seconds // per_epoch)))
 
 
-def describe_plan(plan: Plan, real: bool) -> list[str]:
+def describe_plan(plan: Plan, real: bool, negatives: Path | None = None) -> list[str]:
     arch = plan.student_arch or {}
     est = "" if plan.preset else f" (~{synth_seconds(plan) / 60:.1f} min)"
     t_est = "" if plan.preset else f" (~{teacher_seconds(plan) / 60:.1f} min)"
@@ -293,7 +294,9 @@ def describe_plan(plan: Plan, real: bool) -> list[str]:
         f"student{s_est}: {plan.student} (channels {arch.get('channels')}, hidden {arch.get('hidden')}, "
         f"{arch.get('gru_layers')} GRU layer, stride {tuple(arch.get('stride', ()))}), bank of {plan.bank_sequences} x "
         f"{plan.seq_seconds:g} s sequences, {plan.epochs} epochs of {plan.epoch_size} clips",
-        "real speech: " + ("measured on the dev set (threshold chosen on its stream)" if real else "not measured"),
+        "real speech: " + ("measured on the dev set" if real else "not measured") + "; thresholds chosen on "
+        + (f"the real recordings without the keyword in {negatives}" if negatives
+           else "the dev set's stream" if real else "synthetic speech"),
     ]
     return lines
 
@@ -345,6 +348,7 @@ class Run:
     real_note: str                  # why real speech is (not) measured
     started: float                  # time.monotonic() of this invocation
     elapsed_before: float           # seconds spent by earlier invocations
+    negatives_dir: Path | None = None  # real recordings without the keyword: the thresholds are chosen on them
 
     @property
     def data(self) -> Path:
@@ -447,7 +451,8 @@ def stage_student(run: Run) -> dict:
     if p.preset is None:
         # The epochs are time-boxed: distill measures its first epoch and fixes how many fit in
         # what is left (reserving the final evaluation and the later stages), up to MAX_EPOCHS.
-        reserve = cost("fixed_s", p) + (cost("real_s", p) if run.real_dir else 0.0) + cost("student_eval_s", p)
+        reserve = cost("fixed_s", p) + real_seconds(p, run.real_dir is not None, run.negatives_dir is not None) \
+            + cost("student_eval_s", p)
         minutes = max(0.5, (run.left() - reserve) / 60.0)
         epochs, box = MAX_EPOCHS, ["--time-box", f"{minutes:.2f}"]
         _say(run, f"student: bank of {p.bank_sequences} sequences, then as many epochs as fit in {minutes:.1f} min "
@@ -498,12 +503,14 @@ def _public(argv: list[str], run: Run) -> list[str]:
 
 def stage_thresholds(run: Run) -> dict:
     """The decision thresholds: the teacher's (synthetic validation clips at 0.1% FAR) and the
-    student's (validation streams, best event F1), or, when the real dev set holds the keyword,
-    each model's lowest threshold with at most REAL_MAX_FA false alarms per hour on the real
-    dev stream (the dev set is only scored, never trained on; the synthetic thresholds of the
-    embedding teacher were measured far off on real speech: 37 of 399 "view glass" at 0.78);
-    written into the checkpoints so that every export carries them (the teacher's is also the
-    two-stage detector's verifier threshold)."""
+    student's (validation streams, best event F1), or, with real recordings, each model's
+    lowest threshold with at most REAL_MAX_FA false alarms per hour on them: the negatives
+    (``--negatives``, or the dev set when it lacks the keyword: all of it is negative), else the
+    real dev stream when it holds the keyword (the dev set is only scored, never trained on;
+    the synthetic thresholds of the embedding teacher were measured far off on real speech: 37
+    of 399 "view glass" at 0.78, against 351 at the real stream's 0.38); written into the
+    checkpoints so that every export carries them (the teacher's is also the two-stage
+    detector's verifier threshold)."""
     from kws_export.checkpoint import load_checkpoint, save_checkpoint
 
     teacher = load_checkpoint(run.ckpt("teacher"))
@@ -514,18 +521,22 @@ def stage_thresholds(run: Run) -> dict:
                     "source": student.metadata.get("metrics", {}).get("threshold_source", "validation streams, best event F1")},
         "synthetic_student_threshold": student.metadata["threshold"],
     }
-    if run.real_dir is not None:
+    if run.real_dir is not None or run.negatives_dir is not None:
         from training.evaluate import streamer_for
-        from training.real import build_stream, open_real, stream_figures, stream_track
+        from training.real import build_stream, open_negatives, open_real, shown_dir, stream_figures, stream_track
 
         model = student.build_model()
-        dev = open_real(run.real_dir, run.keyword, model.config.sample_rate).load()
+        negatives = run.negatives_dir is not None
+        if negatives:
+            dev = open_negatives(run.negatives_dir, run.keyword, model.config.sample_rate).load()
+        else:
+            dev = open_real(run.real_dir, run.keyword, model.config.sample_rate).load()
         stream = build_stream(dev, 0)
         for name, ckpt in (("student", student), ("teacher", teacher)):
             built = model if name == "student" else ckpt.build_model()
             scorer = streamer_for(built, "cpu")
             track = stream_track(dev, stream, scorer)
-            if name == "teacher":  # the real stage's two-stage figures reuse it
+            if name == "teacher" and not negatives:  # the real stage's two-stage figures reuse it
                 run.partial.mkdir(exist_ok=True)
                 np.save(run.partial / TEACHER_TRACK, track)
             try:
@@ -537,7 +548,12 @@ def stage_thresholds(run: Run) -> dict:
             meta = dict(ckpt.metadata)
             meta["threshold_synthetic"] = meta["threshold"]
             meta["threshold"] = threshold
-            meta["threshold_source"] = s["threshold_source"] + " (real dev set, scored only)"
+            if negatives:
+                meta["threshold_source"] = (f"real negatives: lowest threshold with <= {REAL_MAX_FA:g} false alarms per hour "
+                                            f"on {s['hours']:.2f} h of recordings without the keyword "
+                                            f"({shown_dir(run.negatives_dir)}, scored only)")
+            else:
+                meta["threshold_source"] = s["threshold_source"] + " (real dev set, scored only)"
             scratch = _fresh(run.partial / "thresholds")
             tmp = scratch / f"{name}.pt"
             save_checkpoint(tmp, built, meta)
@@ -546,8 +562,12 @@ def stage_thresholds(run: Run) -> dict:
             run.state["stages"][name].setdefault("also", {})[f"checkpoints/{name}.pt"] = sha256_file(tmp)
             write_state(run.out, run.state)
             os.replace(tmp, run.ckpt(name))
+            at = s["at_threshold"]
+            if negatives:  # no keyword in it: hits and recall mean nothing
+                at = {"threshold": at["threshold"], "hours": s["hours"], "false_alarms": at["false_alarms"],
+                      "false_alarms_per_hour": at["false_alarms_per_hour"]}
             result[name] = {"threshold": threshold, "source": meta["threshold_source"],
-                            "real_stream_at_threshold": s["at_threshold"]}
+                            ("real_negatives_at_threshold" if negatives else "real_stream_at_threshold"): at}
     path = run.out / "thresholds.json"
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -750,9 +770,38 @@ def real_source(keyword: str, real: str | None, no_real: bool) -> tuple[Path | N
     return root, f"measured on the real dev set at {root}"
 
 
+def negatives_source(keyword: str, negatives: str | None, real: str | None, no_real: bool,
+                     real_dir: Path | None) -> Path | None:
+    """The real recordings without the keyword that the thresholds are chosen on: ``--negatives``
+    (checked now: a bad folder is one line before anything is written), else the dev set when
+    it is there but does not hold the keyword (every clip of it is then a negative)."""
+    from training.real import default_real_dir, open_negatives, real_absent_reason
+
+    if negatives is not None:
+        open_negatives(negatives, keyword)
+        return Path(negatives)
+    if no_real or real_dir is not None:
+        return None
+    root = Path(real) if real else default_real_dir()
+    if real_absent_reason(root) is not None:
+        return None
+    try:
+        open_negatives(root, keyword)
+    except KWSError:
+        return None
+    return root
+
+
+def real_seconds(plan: "Plan", real: bool, negatives: bool) -> float:
+    """What the real-speech work after the student costs: the thresholds' stream and the real stage."""
+    if real:
+        return cost("real_s", plan) + (cost("negatives_s", plan) if negatives else 0.0)
+    return cost("negatives_s", plan) if negatives else 0.0
+
+
 def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool, progress: bool = True,
                 sizes: str | None = None, real: str | None = None, no_real: bool = False,
-                explicit: set | None = None, engines: str = "auto") -> dict:
+                explicit: set | None = None, engines: str = "auto", negatives: str | None = None) -> dict:
     explicit = explicit or set()
     keyword = normalise_keyword(text)
     from training.synth import check_keyword, slug
@@ -778,8 +827,10 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
             raise KWSError(f"{out}: was started with --engines {','.join(old.engines)}; resume it with the same voices")
     check_keyword(keyword)  # espeak-ng can say it (one line otherwise), before anything is written
     real_dir, real_note = real_source(keyword, real, no_real)
+    negatives_dir = negatives_source(keyword, negatives, real, no_real, real_dir)
     if state is None:
-        plan = make_plan(minutes, student, sizes, real=real_dir is not None, engines=resolve_engines(engines, sizes))
+        plan = make_plan(minutes, student, sizes, real=real_dir is not None, engines=resolve_engines(engines, sizes),
+                         negatives=negatives_dir is not None)
         state = {"version": STATE_VERSION, "keyword": keyword, "budget_minutes": minutes, "plan": plan.to_dict(),
                  "stages": {}, "elapsed_s": 0.0,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -792,8 +843,10 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
     state["command"] = shlex.join(["kws-train", "keyword", keyword, "--out", str(out), "--minutes", f"{plan.minutes:g}",
                                    "--student", plan.student, "--engines", ",".join(plan.engines),
                                    *(["--sizes", plan.preset] if plan.preset else [])])
-    state["real"] = {"dir": str(real_dir) if real_dir else None, "note": real_note}
-    run = Run(out, keyword, plan, state, progress, real_dir, real_note, time.monotonic(), float(state.get("elapsed_s", 0.0)))
+    state["real"] = {"dir": str(real_dir) if real_dir else None, "note": real_note,
+                     "negatives": str(negatives_dir) if negatives_dir else None}
+    run = Run(out, keyword, plan, state, progress, real_dir, real_note, time.monotonic(), float(state.get("elapsed_s", 0.0)),
+              negatives_dir)
     names = [n for n, _ in STAGES]
     done = state["stages"]
     # A finished stage whose outputs were changed or removed since is redone, and all after it.
@@ -807,7 +860,7 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
         _say(run, f"resuming: {', '.join(n for n in names if n in done)} already finished")
     else:
         _say(run, f"keyword {keyword!r} into {out}, budget {plan.minutes:g} min; plan:")
-        for line in describe_plan(plan, real_dir is not None):
+        for line in describe_plan(plan, real_dir is not None, negatives_dir):
             _say(run, "  " + line)
     module = sys.modules[__name__]
     for k, name in enumerate(names, 1):

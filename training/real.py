@@ -47,6 +47,7 @@ Scorers are small interfaces so any model family plugs in:
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ import numpy as np
 
 from kws_export.audio import read_wav
 from kws_export.errors import KWSError
-from training.data import audio_files
+from training.data import AUDIO_SUFFIXES, audio_files
 from training.metrics import au_fa_fr, detect_events, frr_at_far, score_events
 
 SC_DIR = "speech_commands_test_v0.02"
@@ -222,6 +223,29 @@ def open_real(path: str | Path | None, keyword: str, sample_rate: int = 16000) -
     silence_dir = sc / SILENCE_DIR
     silence = [f"{SC_DIR}/{SILENCE_DIR}/{p.name}" for p in audio_files(silence_dir)] if silence_dir.is_dir() else []
     return RealDevSet(root, keyword, folder, home, int(sample_rate), rel, np.array(parts, dtype=np.int64), labels, silence)
+
+
+def open_negatives(path: str | Path, keyword: str, sample_rate: int = 16000) -> RealDevSet:
+    """Real recordings that never say ``keyword``, as a dev set without positives: every .flac /
+    .wav under ``path`` (recursively), all labelled negative.  Skipped: folders starting with
+    "." or "_" (silence, background noise: the dev set's stream skips them too) and folders
+    whose name shares a word with the keyword (``wake_phrases/view_glass`` for "view": they may
+    say it).  The real dev set itself qualifies when it does not hold the keyword."""
+    root = Path(path)
+    if not root.is_dir():
+        raise KWSError(f"{path}: negatives folder not found (give a folder of .wav / .flac recordings without the keyword)")
+    words = set(slug(keyword).split("_"))
+    rel: list[str] = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith((".", "_")) and not words & set(slug(x).split("_")))
+        here = Path(d)
+        rel.extend(str((here / f).relative_to(root)) for f in files if Path(f).suffix.lower() in AUDIO_SUFFIXES)
+    if not rel:
+        raise KWSError(f"{path}: no .wav or .flac recordings in it (folders starting with '.' or '_', or named with a "
+                       f"word of the keyword, are skipped)")
+    rel.sort()
+    n = len(rel)
+    return RealDevSet(root, keyword, slug(keyword), "", int(sample_rate), rel, np.zeros(n, np.int64), np.zeros(n, np.int64), [])
 
 
 # Clips ------------------------------------------------------------------------------------------
