@@ -206,3 +206,24 @@ def test_stream_places_keywords_where_it_says():
     assert np.array_equal(audio, same) and spans == same_spans
     quiet, none = make_stream((x, labels), duration_s=30.0, keyword_every_s=None, seed=0)
     assert none == [] and quiet.shape == (30 * SR,)
+
+
+def test_room_and_microphone_is_the_sequence_level_acoustics():
+    """Reverberation on reverb_prob of the rows (the draws of augment_waves' reverb step), then
+    the microphone EQ: what the streaming objective and the distillation bank apply to glued
+    long sequences."""
+    from training.augment import reverberate_some, room_and_microphone
+
+    x = torch.randn(4, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    off = AugmentConfig(reverb=False, eq=False)
+    assert torch.equal(room_and_microphone(x.clone(), off, torch.Generator().manual_seed(1)), x)
+    every = AugmentConfig(reverb=True, reverb_prob=1.0, eq=False)
+    y = room_and_microphone(x.clone(), every, torch.Generator().manual_seed(1))
+    assert all(not torch.allclose(y[i], x[i]) for i in range(4))
+    assert torch.equal(y, reverberate_some(x.clone(), every, torch.Generator().manual_seed(1)))
+    none = AugmentConfig(reverb=True, reverb_prob=0.0, eq=True, eq_prob=1.0)
+    z = room_and_microphone(x.clone(), none, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    reverberate_some(x.clone(), none, g)  # no row picked, the draws still made
+    from training.augment import random_eq
+    assert torch.equal(z, random_eq(x.clone(), none, g, 16000)) and not torch.allclose(z, x)

@@ -262,6 +262,29 @@ def spec_augment(logmel: torch.Tensor, config: AugmentConfig, g: torch.Generator
     return torch.where(mask, fill, logmel)
 
 
+def reverberate_some(x: torch.Tensor, config: AugmentConfig, g: torch.Generator, sample_rate: int = 16000) -> torch.Tensor:
+    """``x`` (B, T) with ``config.reverb_prob`` of its rows reverberated (RT60, direct-to-reverberant
+    ratio and the reverb's low-pass cutoff drawn per row), in place."""
+    b = x.shape[0]
+    pick = _chosen(b, config.reverb_prob, g)
+    rt60, drr, cutoff = _uniform(b, config.rt60_s, g), _uniform(b, config.drr_db, g), _uniform(b, (2000.0, 7000.0), g)
+    idx = torch.nonzero(pick).flatten()
+    if idx.numel():
+        x[idx.to(x.device)] = reverberate(x[idx.to(x.device)], rt60[idx], drr[idx], cutoff[idx], g, sample_rate)
+    return x
+
+
+def room_and_microphone(x: torch.Tensor, config: AugmentConfig, g: torch.Generator, sample_rate: int = 16000) -> torch.Tensor:
+    """The sequence-level acoustics of a glued long sequence (its clips and noise are in one
+    room, heard by one microphone): ``reverberate_some`` when ``config.reverb``, then the
+    random microphone EQ when ``config.eq``."""
+    if config.reverb:
+        x = reverberate_some(x, config, g, sample_rate)
+    if config.eq:
+        x = random_eq(x, config, g, sample_rate)
+    return x
+
+
 def augment_waves(x: torch.Tensor, config: AugmentConfig, noises: NoiseBank, g: torch.Generator,
                   sample_rate: int = 16000) -> torch.Tensor:
     """The waveform chain on a (B, T) batch; returns a new tensor clipped to [-1, 1]."""
@@ -276,11 +299,7 @@ def augment_waves(x: torch.Tensor, config: AugmentConfig, noises: NoiseBank, g: 
         s = int(round(config.shift_s * sample_rate))
         x = time_shift(x, torch.randint(-s, s + 1, (b,), generator=g))
     if config.reverb:
-        pick = _chosen(b, config.reverb_prob, g)
-        rt60, drr, cutoff = _uniform(b, config.rt60_s, g), _uniform(b, config.drr_db, g), _uniform(b, (2000.0, 7000.0), g)
-        idx = torch.nonzero(pick).flatten()
-        if idx.numel():
-            x[idx.to(x.device)] = reverberate(x[idx.to(x.device)], rt60[idx], drr[idx], cutoff[idx], g, sample_rate)
+        x = reverberate_some(x, config, g, sample_rate)
     if config.noise:
         pick = _chosen(b, config.noise_prob, g)
         snr, quiet = _uniform(b, config.snr_db, g), _uniform(b, (-55.0, -35.0), g)

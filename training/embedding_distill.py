@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from kws_export.embedding import EmbeddingKWS
-from training.augment import Augmenter, NoiseBank, make_long_sequence, random_eq, reverberate
+from training.augment import Augmenter, NoiseBank, make_long_sequence, room_and_microphone
 from training.stream_train import StreamingObjective, _masked_mean, step_targets
 from training.train import ClipSet, balanced_indices, forward_train
 
@@ -78,12 +78,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
         seq = make_long_sequence(pool, labels, bank, duration_s=seq_seconds, keyword_prob=keyword_prob,
                                  sample_rate=sr, generator=g)
         x = seq.audio[None]
-        if augmenter is not None and augmenter.config.reverb and float(torch.rand(1, generator=g)) < augmenter.config.reverb_prob:
-            cfg = augmenter.config
-            u = lambda r: torch.tensor([r[0] + (r[1] - r[0]) * float(torch.rand(1, generator=g))], dtype=torch.float64)  # noqa: E731
-            x = reverberate(x, u(cfg.rt60_s), u(cfg.drr_db), u((2000.0, 7000.0)), g, sr)
-        if augmenter is not None and augmenter.config.eq:
-            x = random_eq(x, augmenter.config, g, sr)  # the microphone hears the noise too
+        if augmenter is not None:  # the microphone hears the noise too
+            x = room_and_microphone(x, augmenter.config, g, sr)
         x = _pad_to(x, int(round(seq_seconds * sr)))
         e, _, _ = features.stream_embeddings(x[0].numpy())
         p = teacher.stream_from_embeddings(e)[:steps]

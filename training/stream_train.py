@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kws_export.model import CRNN
-from training.augment import Augmenter, NoiseBank, make_long_batch, random_eq, reverberate
+from training.augment import Augmenter, NoiseBank, make_long_batch, room_and_microphone
 from training.evaluate import build_streams, score_streams, streaming_clip_probs
 from training.metrics import au_fa_fr
 from training.train import ClipSet, Objective, balanced_indices, forward_train, validate
@@ -89,16 +89,8 @@ class StreamingObjective(Objective):
         audio, seqs = make_long_batch(pool, self.train.labels[idx], self.bank, batch_size=self.sequences,
                                       duration_s=self.seq_seconds, generator=generator,
                                       keyword_prob=self.keyword_prob, sample_rate=c.sample_rate)
-        if self.augmenter is not None and self.augmenter.config.reverb:
-            cfg = self.augmenter.config
-            pick = torch.rand(audio.shape[0], generator=generator) < cfg.reverb_prob
-            lo_hi = lambda r: r[0] + (r[1] - r[0]) * torch.rand(audio.shape[0], generator=generator, dtype=torch.float64)  # noqa: E731
-            rt60, drr, cut = lo_hi(cfg.rt60_s), lo_hi(cfg.drr_db), lo_hi((2000.0, 7000.0))
-            sel = torch.nonzero(pick).flatten()
-            if sel.numel():
-                audio[sel] = reverberate(audio[sel], rt60[sel], drr[sel], cut[sel], generator, c.sample_rate)
-        if self.augmenter is not None and self.augmenter.config.eq:
-            audio = random_eq(audio, self.augmenter.config, generator, c.sample_rate)
+        if self.augmenter is not None:
+            audio = room_and_microphone(audio, self.augmenter.config, generator, c.sample_rate)
         steps = audio.shape[-1] // (c.stride[1] * c.hop)
         targets, masks = [], []
         for s in seqs:
