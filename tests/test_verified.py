@@ -134,3 +134,21 @@ def test_cli_prints_the_twin_events_and_refuses_single_model_options(pair, tmp_p
     r = subprocess.run([sys.executable, str(DETECT), "--model", str(e["first"]), "--trigger", "0.3", str(wav)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "need --verifier" in r.stderr
+
+
+def test_evaluation_refuses_a_recurrent_verifier_in_one_line(pair, tmp_path):
+    """kws-train eval --verifier and the keyword recipe go through evaluate_verified: a CRNN
+    export as the verifier is a KWSError (one line), as in detect.py.  A first-stage track
+    computed before (the keyword recipe's, from evaluate_real) gives the same figures."""
+    from kws_export.errors import KWSError
+    from test_keyword import make_fake_dev_set
+    from training.real import build_stream, evaluate_verified, open_real
+
+    dev = open_real(make_fake_dev_set(tmp_path / "real", "sheila"), "sheila").load()
+    e = pair["exports"]
+    with pytest.raises(KWSError, match="finite window"):
+        evaluate_verified(dev, e["first"], e["first"])
+    out = evaluate_verified(dev, e["first"], e["verifier"], threshold=0.5)
+    audio = np.concatenate([dev.wave(int(i)) for i in build_stream(dev, 0).order])
+    again = evaluate_verified(dev, e["first"], e["verifier"], threshold=0.5, first_track=track(e["first"], audio))
+    assert again["at_threshold"] == out["at_threshold"] and again["sweep"] == out["sweep"]

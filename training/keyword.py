@@ -74,7 +74,7 @@ COSTS = {
     "student_s_per_step": 0.36,       # one distillation step: 256 clips + 8 x 20 s sequences, 1 thread (+ validation)
     "student_eval_s": 40.0,           # corpus loading, threshold on validation streams, test figures
     "fixed_s": 90.0,                  # thresholds, export, verify, demo, card
-    "real_s": 420.0,                  # the real dev stream (2 h): the student twice, the teacher once; the clips
+    "real_s": 420.0,                  # the real dev stream (2 h): the student twice (in process, its int8 file), the teacher once; the clips
     "negatives_s": 260.0,             # 2 h of real negatives (the dev set's size): the student and the teacher once
 }
 MAX_SCALE = 4.0  # the corpus grows with the budget up to 4x the default; beyond, the time goes to the student
@@ -656,24 +656,26 @@ def stage_real(run: Run) -> dict:
         model = load_checkpoint(run.ckpt("student")).build_model()
         dev = open_real(run.real_dir, run.keyword, model.config.sample_rate).load()
         first = run.out / "exported" / "student.stream.int8w.onnx"
-        r = evaluate_real(model, dev, None, onnx=first)
+        tracks: dict = {}
+        r = evaluate_real(model, dev, None, onnx=first, tracks=tracks)
         result = {"measured": True, "dir": shown_dir(run.real_dir), "model": "exported/student.stream.int8w.onnx",
-                  "student": json_safe(plain(r)), "verified": json_safe(plain(_two_stage(run, dev, first)))}
+                  "student": json_safe(plain(r)), "verified": json_safe(plain(_two_stage(run, dev, first, tracks["stream"])))}
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     return {"outputs": ["real.json"], "info": {"measured": result["measured"]}}
 
 
-def _two_stage(run: Run, dev, first: Path) -> dict:
+def _two_stage(run: Run, dev, first: Path, first_track: np.ndarray) -> dict:
     """runtime/detect.py --verifier's figures on the real stream (``training.real.evaluate_verified``):
-    the int8 student proposes, the teacher's export confirms at its threshold.  The teacher's
-    track is the thresholds stage's (in process; its export equals it within the verify
-    stage's 1e-5) when that is still there, else the export's through the runtime."""
+    the int8 student proposes (``first_track``: its export on the stream, from ``evaluate_real``),
+    the teacher's export confirms at its threshold.  The teacher's track is the thresholds
+    stage's (in process; its export equals it within the verify stage's 1e-5) when that is
+    still there, else the export's through the runtime."""
     from training.real import evaluate_verified
 
     cached = run.partial / TEACHER_TRACK
     out = evaluate_verified(dev, first, run.out / "exported" / "teacher.stream.onnx",
-                            verifier_track=np.load(cached) if cached.is_file() else None)
+                            verifier_track=np.load(cached) if cached.is_file() else None, first_track=first_track)
     out.update({"model": "exported/student.stream.int8w.onnx", "verifier": "exported/teacher.stream.onnx",
                 "threshold_source": "exported/teacher.stream.onnx: kws.threshold",
                 "verifier_track": "thresholds stage, in process" if cached.is_file() else "the export, through runtime/detect.py"})

@@ -574,7 +574,8 @@ def stream_figures(probs: np.ndarray, stream: RealStream, step_seconds: float, t
 
 def evaluate_stream(dev: RealDevSet, scorer, threshold: float | None = None, seed: int = 0,
                     indices: Sequence[int] | None = None, piece_seconds: float = PIECE_SECONDS,
-                    choose_fa_per_hour: float | None = None, patience: int | None = None) -> dict:
+                    choose_fa_per_hour: float | None = None, patience: int | None = None,
+                    tracks: dict | None = None) -> dict:
     """The real stream through ``scorer`` at ``threshold`` (default: the scorer's own, or the
     one ``choose_fa_per_hour`` picks on this stream) and ``patience`` (default: the scorer's
     own, else 1)."""
@@ -582,6 +583,8 @@ def evaluate_stream(dev: RealDevSet, scorer, threshold: float | None = None, see
         raise KWSError(f"the stream model runs at {scorer.sample_rate} Hz, the dev set was read at {dev.sample_rate} Hz")
     stream = build_stream(dev.load(), seed, indices)
     probs = stream_track(dev, stream, scorer, piece_seconds)
+    if tracks is not None:  # the caller keeps the per-step probabilities (e.g. for the two-stage figures)
+        tracks["stream"] = probs
     t = threshold if threshold is not None else getattr(scorer, "threshold", None)
     n = patience if patience is not None else int(getattr(scorer, "patience", 1))
     return stream_figures(probs, stream, float(scorer.step_seconds), t, choose_fa_per_hour, n)
@@ -590,13 +593,15 @@ def evaluate_stream(dev: RealDevSet, scorer, threshold: float | None = None, see
 # One checkpoint on the whole dev set (what `kws-train eval --real` and `report --real` run) --------
 def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | Path | None = None,
                   stream: bool = True, seed: int = 0, device="cpu", choose_fa_per_hour: float | None = None,
-                  threads: int = 1, extra_negatives: bool = True, patience: int | None = None) -> dict:
+                  threads: int = 1, extra_negatives: bool = True, patience: int | None = None,
+                  tracks: dict | None = None) -> dict:
     """Clips through ``model``'s offline clip model; the stream through the streaming ONNX
     export ``onnx`` (runtime Detector) when given, else through the model in process
     (``CRNNStreamer``, the same semantics).  ``threshold`` is the model's; the ONNX's own
     ``kws.threshold`` is used for its stream when ``threshold`` is None.  With
     ``choose_fa_per_hour`` the threshold is chosen on the real stream and used for the clip
-    figures too.  Returns the ``"real"`` section of the eval JSON."""
+    figures too.  ``tracks``: a dict that receives the stream's per-step probabilities as
+    ``"stream"``.  Returns the ``"real"`` section of the eval JSON."""
     from training.evaluate import streamer_for
 
     out: dict = {"dev_set": dev.describe()}
@@ -612,7 +617,8 @@ def evaluate_real(model, dev: RealDevSet, threshold: float | None, onnx: str | P
         else:
             scorer = streamer_for(model, device)
             model_name = f"checkpoint, in-process streaming (training.evaluate.{type(scorer).__name__})"
-        s = evaluate_stream(dev, scorer, threshold, seed, choose_fa_per_hour=choose_fa_per_hour, patience=patience)
+        s = evaluate_stream(dev, scorer, threshold, seed, choose_fa_per_hour=choose_fa_per_hour, patience=patience,
+                            tracks=tracks)
         s["model"] = model_name
         if choose_fa_per_hour is not None:
             threshold, source = s["at_threshold"]["threshold"], s["threshold_source"]
@@ -688,11 +694,12 @@ def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: st
                       seed: int = 0, trigger: float = VERIFY_TRIGGER, window_steps: int = VERIFY_WINDOW_STEPS,
                       delay_steps: int = VERIFY_DELAY_STEPS, choose_fa_per_hour: float | None = None,
                       threads: int = 1, indices: Sequence[int] | None = None,
-                      verifier_track: np.ndarray | None = None) -> dict:
+                      verifier_track: np.ndarray | None = None, first_track: np.ndarray | None = None) -> dict:
     """The real stream through two streaming exports (``runtime.detect.Detector`` each, never
     reset) and the two-stage figures of ``verified_figures`` (threshold default: the
-    verifier's ``kws.threshold``).  ``verifier_track``: the verifier's probabilities on this
-    stream when already computed (e.g. its checkpoint in process), instead of its export's."""
+    verifier's ``kws.threshold``).  ``verifier_track`` / ``first_track``: a model's
+    probabilities on this stream when already computed (e.g. the verifier's checkpoint in
+    process, the first stage's export by ``evaluate_real``), instead of streaming it here."""
     first, verifier = DetectorStream(first_onnx, threads), DetectorStream(verifier_onnx, threads)
     for d in (first, verifier):
         if slug(d.keyword) != dev.keyword_folder:
@@ -700,13 +707,14 @@ def evaluate_verified(dev: RealDevSet, first_onnx: str | Path, verifier_onnx: st
     if abs(first.step_seconds - verifier.step_seconds) > 1e-9:
         raise KWSError(f"{verifier_onnx}: steps {verifier.step_seconds * 1000:g} ms, {first_onnx} "
                        f"{first.step_seconds * 1000:g} ms: a verifier must step with the detector")
-    from runtime.detect import verifier_warmup_steps
+    from runtime.detect import DetectError, verifier_warmup_steps
 
-    replay = None
-    if "kws.window_ms" in verifier.detector.metadata:  # what runtime.detect.VerifiedDetector replays per verification
+    try:  # what runtime.detect.VerifiedDetector replays per verification (and refuses)
         replay = verifier_warmup_steps(verifier.detector.model) + window_steps
+    except DetectError as exc:
+        raise KWSError(str(exc)) from None
     stream = build_stream(dev.load(), seed, indices)
-    a = stream_track(dev, stream, first)
+    a = stream_track(dev, stream, first) if first_track is None else first_track
     b = stream_track(dev, stream, verifier) if verifier_track is None else verifier_track
     t = verifier.threshold if threshold is None and choose_fa_per_hour is None else threshold
     out = verified_figures(a, b, stream, first.step_seconds, t, trigger, window_steps, delay_steps, choose_fa_per_hour,
