@@ -259,7 +259,7 @@ def result_row(model: str, kind: str, board: str, ref: dict, got, err, seconds: 
 def format_table(rows: list[dict]) -> str:
     """rows: model, kind, board, steps, max_dprob, tol, events ('n/m'), seconds, ok -> aligned text."""
     head = ["model", "quantization", "board", "steps", "max |dprob|", "tolerance", "detections (emulated/x86)", "run", "result"]
-    body = [[r["model"], r["kind"], r["board"], str(r["steps"]), f"{r['max_dprob']:.2g}", f"{r['tol']:g}",
+    body = [[r["model"], r["kind"], r["board"], str(r["steps"]) if r["steps"] else "-", f"{r['max_dprob']:.2g}", f"{r['tol']:g}",
              r["events"], f"{r['seconds']:.1f} s", "ok" if r["ok"] else "MISMATCH"] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
