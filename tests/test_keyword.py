@@ -158,6 +158,22 @@ def test_threshold_is_the_exported_one(finished):
     assert "real stream" in t["teacher"]["source"] or "kept the synthetic threshold" in t["teacher"].get("real_stream", "")
 
 
+def test_two_stage_verifier_threshold_is_chosen_for_the_pair(finished):
+    """The pair's own verifier threshold (chosen on the same real stream) is what the real
+    stage measures the pair at and what the card's Pi command passes."""
+    out = finished["out"]
+    pair = json.loads((out / "thresholds.json").read_text())["two_stage"]
+    real = json.loads((out / "real.json").read_text())["verified"]
+    card = (out / "README.md").read_text()
+    if pair["verifier_threshold"] is None:  # no verifier threshold reached the target on the stand-in
+        assert "note" in pair and "--verifier-threshold" not in card
+        return
+    assert pair["at_threshold"]["false_alarms_per_hour"] <= 0.5 and pair["at_threshold"]["threshold"] == pair["verifier_threshold"]
+    assert real["at_threshold"]["threshold"] == pytest.approx(pair["verifier_threshold"])
+    assert real["threshold_source"] == "thresholds.json: two_stage.verifier_threshold"
+    assert f"--verifier teacher.stream.onnx --verifier-threshold {pair['verifier_threshold']:.2f} -" in card
+
+
 def test_the_pi_file_runs_with_detect_py(finished):
     out = finished["out"]
     demo = json.loads((out / "demo.json").read_text())
