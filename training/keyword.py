@@ -177,9 +177,10 @@ def cost(name: str, plan: "Plan") -> float:
 
 
 def synth_seconds(plan: "Plan") -> float:
-    from training.synth import ENGINE_WEIGHTS, NEURAL_ENGINES
+    from training.synth import NEURAL_ENGINES, engine_weight
 
-    w = {e: engine_weights(plan).get(e, ENGINE_WEIGHTS.get(e, 0.2)) for e in plan.engines}
+    overrides = engine_weights(plan)
+    w = {e: engine_weight(e, overrides) for e in plan.engines}
     neural = sum(v for e, v in w.items() if e in NEURAL_ENGINES) / max(1e-9, sum(w.values()))  # share of the clips
     per_unit = (1 - neural) / cost("synth_units_per_s", plan) + neural / cost("synth_neural_units_per_s", plan)
     return (plan.corpus_clips() + 2 * plan.phrases) * per_unit + cost("synth_fixed_s", plan)
@@ -792,14 +793,21 @@ def normalise_keyword(text: str) -> str:
     return keyword
 
 
+def _dev_root(real: str | None) -> tuple[Path, str | None]:
+    """The dev set's folder (``--real``, else the default ../shared/real) and why it is unusable (None: usable)."""
+    from training.real import default_real_dir, real_absent_reason
+
+    root = Path(real) if real else default_real_dir()
+    return root, real_absent_reason(root)
+
+
 def real_source(keyword: str, real: str | None, no_real: bool) -> tuple[Path | None, str]:
     """(dev set folder, note): the folder only when the dev set exists and holds the keyword."""
-    from training.real import default_real_dir, open_real, real_absent_reason
+    from training.real import open_real
 
     if no_real:
         return None, "not measured (--no-real)"
-    root = Path(real) if real else default_real_dir()
-    reason = real_absent_reason(root)
+    root, reason = _dev_root(real)
     if reason is not None:
         return None, f"not measured: {reason}"
     try:
@@ -814,15 +822,15 @@ def negatives_source(keyword: str, negatives: str | None, real: str | None, no_r
     """The real recordings without the keyword that the thresholds are chosen on: ``--negatives``
     (checked now: a bad folder is one line before anything is written), else the dev set when
     it is there but does not hold the keyword (every clip of it is then a negative)."""
-    from training.real import default_real_dir, open_negatives, real_absent_reason
+    from training.real import open_negatives
 
     if negatives is not None:
         open_negatives(negatives, keyword)
         return Path(negatives)
     if no_real or real_dir is not None:
         return None
-    root = Path(real) if real else default_real_dir()
-    if real_absent_reason(root) is not None:
+    root, reason = _dev_root(real)
+    if reason is not None:
         return None
     try:
         open_negatives(root, keyword)
@@ -833,9 +841,7 @@ def negatives_source(keyword: str, negatives: str | None, real: str | None, no_r
 
 def real_seconds(plan: "Plan", real: bool, negatives: bool) -> float:
     """What the real-speech work after the student costs: the thresholds' stream and the real stage."""
-    if real:
-        return cost("real_s", plan) + (cost("negatives_s", plan) if negatives else 0.0)
-    return cost("negatives_s", plan) if negatives else 0.0
+    return (cost("real_s", plan) if real else 0.0) + (cost("negatives_s", plan) if negatives else 0.0)
 
 
 def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool, progress: bool = True,

@@ -59,13 +59,14 @@ def model_card(run) -> str:
       "python detect.py --model student.stream.int8w.onnx recording.wav       # a file instead\n```\n")
     a("Two-stage, the teacher's quality for a fraction of its cost (the student proposes at probability 0.2, the "
       "teacher's export, 2.4 MB, confirms; it runs only on the student's candidates):\n")
-    pair_t = (thresholds.get("two_stage") or {}).get("verifier_threshold")
+    pair = thresholds.get("two_stage") or {}
+    pair_t = pair.get("verifier_threshold")
     a("```bash\n"
       f"scp {out}/exported/teacher.stream.onnx pi@raspberrypi.local:\n"
       "arecord -q -f S16_LE -r 16000 -c 1 -t raw | python detect.py --model student.stream.int8w.onnx "
       "--verifier teacher.stream.onnx" + (f" --verifier-threshold {pair_t:.2f}" if pair_t is not None else "") + " -\n```\n")
     if pair_t is not None:
-        a(f"(`--verifier-threshold {pair_t:.2f}`: chosen for the pair on real speech, {thresholds['two_stage']['source']}; "
+        a(f"(`--verifier-threshold {pair_t:.2f}`: chosen for the pair on real speech, {pair['source']}; "
           "without it the teacher's own threshold applies.)\n")
     a(f"The file carries its keyword ({kw!r}) and threshold ({sm['threshold']:.3f}) in its metadata; "
       "`--threshold T` overrides the threshold (higher: fewer false alarms, more misses).  "
@@ -142,7 +143,6 @@ def model_card(run) -> str:
         t = thresholds.get(name, {})
         a(f"- {name}: **{_fmt(t.get('threshold'), '.3f')}** ({t.get('source')})" +
           (f"; {t['real_stream']}" if t.get("real_stream") else ""))
-    pair = thresholds.get("two_stage") or {}
     if pair:
         a(f"- two-stage verifier: **{_fmt(pair.get('verifier_threshold'), '.3f')}** "
           f"({pair.get('source') or pair.get('note')})")

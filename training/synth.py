@@ -711,10 +711,17 @@ def _voice_pools(voices: Sequence[Voice], seed: int, holdout: Sequence[str]) -> 
     return {s: [v for v in voices if voice_split[v.id] == s] for s in SPLITS}
 
 
+def engine_weight(engine: str, overrides: dict | None = None) -> float:
+    """How often ``engine``'s voices are drawn for a clip, relative to the others: ``overrides``
+    (``synth_corpus``'s ``engine_weights``), else ``ENGINE_WEIGHTS``, else 0.2."""
+    if overrides and engine in overrides:
+        return float(overrides[engine])
+    return float(ENGINE_WEIGHTS.get(engine, 0.2))
+
+
 def _draw_voice(pool: Sequence[Voice], rng: np.random.Generator, engine_weights: dict | None = None) -> Voice:
     engines = sorted({v.engine for v in pool})
-    table = {**ENGINE_WEIGHTS, **(engine_weights or {})}
-    weights = np.array([table.get(e, 0.2) for e in engines])
+    weights = np.array([engine_weight(e, engine_weights) for e in engines])
     engine = engines[int(rng.choice(len(engines), p=weights / weights.sum()))]
     candidates = [v for v in pool if v.engine == engine]
     return candidates[int(rng.integers(len(candidates)))]
@@ -1194,7 +1201,7 @@ def _write_metadata(root: Path, keyword: str, seed: int, per_word: int, keyword_
         "voices_used": {s: len(v) for s, v in used.items()},
         "engines": sorted({v.engine for v in voices}),
         "holdout_engines": list(holdout),
-        "engine_weights": {e: float({**ENGINE_WEIGHTS, **(engine_weights or {})}.get(e, 0.2)) for e in sorted({v.engine for v in voices})},
+        "engine_weights": {e: engine_weight(e, engine_weights) for e in sorted({v.engine for v in voices})},
         "engine_clips": {e: {s: sum(1 for j in jobs if j.voice.engine == e and j.split == s) for s in SPLITS}
                          for e in sorted({v.engine for v in voices})},
         "noises": [f"{NOISE_FOLDER}/{n}.wav" for n in NOISES],
