@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kws_export.checkpoint import load_checkpoint
 from kws_export.cli_support import run_click
 from kws_export.errors import KWSError
 from training.cli import cli
@@ -136,6 +137,11 @@ def test_layout_and_model_card(finished):
     assert v["keywords"] == 3 and v["trigger"] == 0.2 and v["replay_steps"] == 27 + 8
     assert v["at_threshold"]["verifications_per_hour"] > 0 and 0 < v["at_threshold"]["verifier_step_share"]
     assert "--verifier teacher.stream.onnx" in card and "Two-stage on the same stream" in card
+    # the student's epoch was kept on the real stand-in without its keyword, and the card says so
+    student = load_checkpoint(out / "checkpoints" / "student.pt").metadata["training"]
+    assert student["objective"]["select"].startswith("real negatives") and "val_real_threshold_at_1_fa_h" in student["best"]
+    assert student["objective"]["real_dev_set"]["speech_clips"] > 0 == student["objective"]["real_dev_set"]["keyword_clips"]
+    assert "--select-negatives" in card and "Epoch kept:" in card and "real negatives" in card
 
 
 def test_threshold_is_the_exported_one(finished):
@@ -392,6 +398,8 @@ def test_thresholds_on_real_negatives_when_the_dev_set_lacks_the_keyword(tmp_pat
     assert json.loads((out / "real.json").read_text())["measured"] is False
     assert "real negatives" in (out / "README.md").read_text()
     assert state_of(out)["real"]["negatives"] == str(real)
+    student = load_checkpoint(out / "checkpoints" / "student.pt").metadata["training"]
+    assert student["objective"]["select"].startswith("real negatives") and "val_real_threshold_at_1_fa_h" in student["best"]
 
 
 def test_open_negatives_skips_folders_that_may_say_the_keyword(tmp_path):

@@ -368,6 +368,65 @@ def test_select_real_by_stream_ranks_epochs_by_the_real_stream(corpus, tmp_path)
                      "--select-real", dev, "--select-real-by", "nonsense") == 2
 
 
+def test_select_negatives_ranks_epochs_by_synthetic_keywords_at_real_thresholds(corpus, tmp_path):
+    """--select-negatives: thresholds from real recordings without the keyword (the made-up
+    dev set without its "sheila" folder), recall from the synthetic validation keywords;
+    the kept epoch's figures are recomputed here from its weights."""
+    import numpy as np
+    from test_real import make_dev_set
+
+    from training.evaluate import streamer_for
+    from training.pipeline import open_corpus
+    from training.real import evaluate_stream, open_negatives, sample_hours
+    from training.train import predict_clips
+
+    dev = make_dev_set(tmp_path / "real")
+    out = tmp_path / "sel_neg.pt"
+    assert kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "3", "--lr", "3e-3", *TINY, *FAST,
+                     "--select-negatives", dev) == 0
+    ckpt = load_checkpoint(out)
+    meta = ckpt.metadata
+    history = meta["training"]["history"]
+    for h in history:
+        found = [h[f"val_syn_recall_at_real_{fa}_fa_h"] for fa in ("0.5", "1", "2")]
+        assert all(0 <= f <= 1 for f in found)
+        assert "val_real_au_fa_fr" not in h and "val_real_stream_hits_at_1_fa_h" not in h
+        assert h["val_select"] == pytest.approx(1 - sum(found) / 3 + h["val_au_fa_fr"])
+    best = min(range(len(history)), key=lambda i: (history[i]["val_select"], history[i]["val_loss"]))
+    assert meta["training"]["best"]["epoch"] == best + 1
+    assert meta["training"]["objective"]["select"].startswith("real negatives")
+    negatives = open_negatives(dev, "sheila").load()
+    assert "sheila" not in {r.split("/")[1] for r in negatives.relpaths}
+    model = ckpt.build_model()
+    s = evaluate_stream(negatives, streamer_for(model), indices=sample_hours(negatives, 2.0))
+    assert s["keywords"] == 0
+    val = open_corpus(corpus, None, None).get("validation", model.config)
+    probs = predict_clips(model, val).numpy()[val.labels.numpy() == 1]
+    for row in s["sweep"]:
+        fa, t = row["max_false_alarms_per_hour"], row["threshold"]
+        assert meta["training"]["best"][f"val_real_threshold_at_{fa:g}_fa_h"] == pytest.approx(t)
+        assert meta["training"]["best"][f"val_syn_recall_at_real_{fa:g}_fa_h"] == pytest.approx(float(np.mean(probs >= t)))
+    assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "z.pt", "--epochs", "1", *TINY, *FAST,
+                     "--select-negatives", dev, "--select-real", dev) == 2
+    assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "z.pt", "--epochs", "1", *TINY, *FAST,
+                     "--select-negatives", tmp_path / "nowhere") == 2
+    assert not (tmp_path / "z.pt").exists()
+
+
+def test_sample_hours_takes_a_seeded_subset_within_the_hours(tmp_path):
+    from test_real import make_dev_set
+
+    from training.real import open_negatives, sample_hours
+
+    dev = open_negatives(make_dev_set(tmp_path / "real"), "sheila").load()
+    lengths = dev.lengths()
+    assert sample_hours(dev, 1.0).tolist() == list(range(len(dev)))  # all of it is shorter
+    few = sample_hours(dev, 4.5 / 3600)
+    assert 1 <= few.size < len(dev) and lengths[few].sum() <= 4.5 * 16000
+    assert few.tolist() == sorted(few.tolist()) and sample_hours(dev, 4.5 / 3600).tolist() == few.tolist()
+    assert sample_hours(dev, 0.0).size == 1  # never nothing
+
+
 def test_ema_keeps_and_saves_the_moving_average_of_the_weights(corpus, tmp_path):
     out = tmp_path / "ema.pt"
     assert kws_train("teacher", "--data", corpus, "--out", out, "--epochs", "1", "--lr", "3e-3", *TINY, *FAST,

@@ -98,7 +98,13 @@ def run_options(f, batch_size: int = 256):
         click.option("--select-real-by", "select_real_by", type=click.Choice(["clips", "stream"]), default="clips",
                      show_default=True,
                      help="With --select-real: rank epochs by the real clips' AU-FA-FR, or by the real stream as "
-                          "deployed (mean recall at <= 0.5 / 1 / 2 false alarms per hour; ~10 s more per epoch)."),
+                          "deployed (mean recall at <= 0.5 / 1 / 2 false alarms per hour; ~20 s more per epoch)."),
+        click.option("--select-negatives", "select_negatives", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, metavar="DIR",
+                     help="Keep the epoch that finds the most synthetic validation keywords at the thresholds that keep "
+                          "real recordings without the keyword (every .wav / .flac under DIR, at most 2 h of them; "
+                          "folders named with a word of the keyword are skipped, so the real dev set serves) at "
+                          "<= 0.5 / 1 / 2 false alarms per hour; they are only scored, never trained on."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
         click.option("--setting", default=None,
                      help="Name of this compression setting in reports (e.g. 'KD small'); stored in the metadata."),

@@ -297,7 +297,8 @@ def describe_plan(plan: Plan, real: bool, negatives: Path | None = None) -> list
         f"{plan.seq_seconds:g} s sequences, {plan.epochs} epochs of {plan.epoch_size} clips",
         "real speech: " + ("measured on the dev set" if real else "not measured") + "; thresholds chosen on "
         + (f"the real recordings without the keyword in {negatives}" if negatives
-           else "the dev set's stream" if real else "synthetic speech"),
+           else "the dev set's stream" if real else "synthetic speech")
+        + ("; the student's epoch kept on real speech without the keyword" if negatives or real else ""),
     ]
     return lines
 
@@ -471,7 +472,7 @@ def stage_student(run: Run) -> dict:
             "--hidden", a["hidden"], "--channels", a["channels"], "--gru-layers", a["gru_layers"],
             "--stride", a["stride"][0], a["stride"][1], "--epoch-size", p.epoch_size, "--batch-size", p.batch_size,
             "--val-minutes", p.val_minutes, "--eval-minutes", p.eval_minutes, "--setting", f"student ({p.student})",
-            *box, *run.train_args(), *(["--resume"] if resume else [])]
+            *box, *_selection(run), *run.train_args(), *(["--resume"] if resume else [])]
     if resume:
         _say(run, "student: continuing the interrupted distillation from its last finished epoch")
     t0 = time.monotonic()
@@ -488,11 +489,26 @@ def stage_student(run: Run) -> dict:
                      "best_epoch": (trained.get("best") or {}).get("epoch")}}
 
 
+def _selection(run: Run) -> list:
+    """How the student's epoch is kept: with real recordings, by the synthetic validation
+    keywords found at the thresholds that real speech without the keyword sets (the negatives,
+    else the dev set without its keyword folders: no real keyword takes part, so the real
+    figures stay unbiased by the choice); else by the synthetic validation streams, whose
+    choice tracked the real keywords found hardly at all over the later epochs."""
+    negatives = run.negatives_dir if run.negatives_dir is not None else run.real_dir
+    return ["--select-negatives", negatives] if negatives is not None else []
+
+
 def _public(argv: list[str], run: Run) -> list[str]:
-    """The command with this run's paths shown relative to DIR."""
+    """The command with this run's paths shown relative to DIR (and the dev set as ``shown_dir``)."""
+    from training.real import shown_dir
+
     out = []
     for a in argv:
         s = str(a)
+        if run.real_dir is not None and s == str(run.real_dir) or run.negatives_dir is not None and s == str(run.negatives_dir):
+            out.append(shown_dir(s))
+            continue
         for base, shown in ((run.partial / "teacher", "DIR/checkpoints"), (run.partial / "student", "DIR/checkpoints"),
                             (run.out, "DIR")):
             if s.startswith(str(base)):

@@ -124,6 +124,10 @@ def model_card(run) -> str:
       f"({'the test preset' if plan.preset else f'`--student {plan.student}`'}).  {costs['params']:,} parameters, {costs['macs_per_second_network']:,.0f} network "
       f"MACs per second of audio (+ {costs['macs_per_second_frontend']:,.0f} for the log-mel frontend), "
       f"{costs['int8_bytes']:,} bytes of int8 weights.\n")
+    trained = sm.get("training") or {}
+    best = trained.get("best") or {}
+    a(f"Epoch kept: {best.get('epoch', 'n/a')} of {len(trained.get('history') or [])}, by the "
+      f"{(trained.get('objective') or {}).get('select') or 'synthetic validation (1 - stream event F1 + mean of the clip and stream AU-FA-FR)'}.\n")
     a("## Synthetic test figures\n")
     a("Voice-disjoint test split of `DIR/data` (voices never heard in training).\n")
     a("| model | clips | AU-FA-FR (clips) | FRR @ 1% FAR | AU-FA-FR (streaming) | stream recall | false alarms / h | threshold |")

@@ -248,6 +248,16 @@ def open_negatives(path: str | Path, keyword: str, sample_rate: int = 16000) -> 
     return RealDevSet(root, keyword, slug(keyword), "", int(sample_rate), rel, np.zeros(n, np.int64), np.zeros(n, np.int64), [])
 
 
+def sample_hours(dev: RealDevSet, hours: float, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded random subset of ``dev``'s recordings at most ``hours`` long in all
+    (all of them when they are shorter; at least one), in their listed order."""
+    lengths = dev.lengths()
+    order = np.random.default_rng(seed).permutation(lengths.size)
+    keep = np.cumsum(lengths[order]) <= hours * 3600 * dev.sample_rate
+    keep[0] = True
+    return np.sort(order[keep])
+
+
 # Clips ------------------------------------------------------------------------------------------
 @dataclass
 class ClipScorer:
