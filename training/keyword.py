@@ -503,10 +503,11 @@ def _public(argv: list[str], run: Run) -> list[str]:
     """The command with this run's paths shown relative to DIR (and the dev set as ``shown_dir``)."""
     from training.real import shown_dir
 
+    dev_dirs = {str(d) for d in (run.real_dir, run.negatives_dir) if d is not None}
     out = []
     for a in argv:
         s = str(a)
-        if run.real_dir is not None and s == str(run.real_dir) or run.negatives_dir is not None and s == str(run.negatives_dir):
+        if s in dev_dirs:
             out.append(shown_dir(s))
             continue
         for base, shown in ((run.partial / "teacher", "DIR/checkpoints"), (run.partial / "student", "DIR/checkpoints"),
