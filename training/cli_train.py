@@ -235,6 +235,9 @@ def teacher(**kw):
         if kw["epochs"] is not None or kw["lr"] is not None:
             raise click.UsageError("--epochs and --lr are for --arch crnn; the embedding head is solved by L-BFGS "
                                    "(--iterations, --l2)")
+        if kw["select_real"] is not None or kw["select_negatives"] is not None:
+            raise click.UsageError("--select-real and --select-negatives choose a CRNN's epoch; the embedding head is "
+                                   "solved to convergence (measure it with --real)")
         from training.embedding_pipeline import run_embedding_teacher
 
         run_embedding_teacher(kw, argv=argv)

@@ -4,6 +4,7 @@ evaluate on the test split and write the checkpoint with its model-card metadata
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -287,30 +288,54 @@ class RealSelection(Objective):
 
 
 # The shared tail of every training command -----------------------------------------------------------
-def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: TrainOptions, augmenter, kw: dict,
-                   argv: list[str], role: str, extra_meta: dict) -> dict:
-    out: Path = kw["out"]
-    check_out(out)
-    config = model.config
+@dataclasses.dataclass
+class Selection:
+    """The real recordings a run keeps its epoch by (``--select-real`` / ``--select-negatives``),
+    opened and loaded before any training work, so a bad folder costs nothing."""
+
+    dev: object
+    by: str
+    indices: object = None  # the recordings streamed ("negatives"; None: all)
+    note: str = ""
+
+    def wrap(self, objective: Objective) -> "RealSelection":
+        return RealSelection(objective, self.dev, self.by, self.indices)
+
+
+def open_selection(kw: dict, keyword: str, sample_rate: int) -> Selection | None:
+    """--select-real / --select-negatives as a ``Selection`` (None when neither is given);
+    both at once, or a folder without usable recordings: a ``KWSError``."""
     if kw.get("select_real") is not None and kw.get("select_negatives") is not None:
         raise KWSError("--select-real and --select-negatives exclude each other: give one")
     if kw.get("select_real") is not None:
         from training.real import open_real
 
-        dev = open_real(real_dir_of(kw["select_real"]), corpus.keyword, config.sample_rate)
+        dev = open_real(real_dir_of(kw["select_real"]), keyword, sample_rate)
         by = kw.get("select_real_by") or "clips"
-        objective = RealSelection(objective, dev.load(), by)
-        log(f"{role}: keeping the epoch with the best {RealSelection.BY[by]} ({dev.root}, "
-            f"{len(dev.clip_indices)} clips, scored only)")
-    elif kw.get("select_negatives") is not None:
+        return Selection(dev.load(), by, None, f"the best {RealSelection.BY[by]} ({dev.root}, "
+                                               f"{len(dev.clip_indices)} clips, scored only)")
+    if kw.get("select_negatives") is not None:
         from training.real import open_negatives, sample_hours
 
-        dev = open_negatives(kw["select_negatives"], corpus.keyword, config.sample_rate).load()
+        dev = open_negatives(kw["select_negatives"], keyword, sample_rate).load()
         indices = sample_hours(dev, SELECT_NEGATIVES_HOURS)
-        objective = RealSelection(objective, dev, "negatives", indices)
-        log(f"{role}: keeping the epoch with the best {RealSelection.BY['negatives']} ({kw['select_negatives']}, "
-            f"{len(indices)} of {len(dev)} recordings, {dev.lengths()[indices].sum() / dev.sample_rate / 3600:.2f} h, "
-            f"scored only)")
+        return Selection(dev, "negatives", indices,
+                         f"the best {RealSelection.BY['negatives']} ({kw['select_negatives']}, {len(indices)} of "
+                         f"{len(dev)} recordings, {dev.lengths()[indices].sum() / dev.sample_rate / 3600:.2f} h, "
+                         f"scored only)")
+    return None
+
+
+def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: TrainOptions, augmenter, kw: dict,
+                   argv: list[str], role: str, extra_meta: dict, selection: Selection | None = None) -> dict:
+    """``selection``: from ``open_selection``, which each ``run_*`` calls before its own
+    set-up work (a bank, a teacher)."""
+    out: Path = kw["out"]
+    check_out(out)
+    config = model.config
+    if selection is not None:
+        objective = selection.wrap(objective)
+        log(f"{role}: keeping the epoch with {selection.note}")
     train = corpus.get("train", config)
     val = corpus.get("validation", config)
     test = corpus.get("test", config)
@@ -409,9 +434,10 @@ def run_teacher(kw: dict, argv: list[str]) -> dict:
     corpus = _setup(kw, init.config.keyword if init else None)
     torch.manual_seed(kw["seed"])
     model = init.build_model().train() if init else CRNN(_arch(kw, corpus.keyword))
+    selection = open_selection(kw, corpus.keyword, model.config.sample_rate)
     augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
     objective = HardLabels(augmenter, kw["label_smoothing"])
-    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "teacher", extra)
+    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "teacher", extra, selection)
 
 
 def _init_from(path: Path | None):
@@ -439,10 +465,11 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
         raise KWSError("--prune must be in [0, 1)")
     teacher, parent = load_teacher(kw["teacher_path"])
     corpus = _setup(kw, teacher.config.keyword)
+    selection = open_selection(kw, corpus.keyword, teacher.config.sample_rate)
     torch.manual_seed(kw["seed"])
     init, init_extra = _init_from(kw["init_path"])
     if isinstance(teacher, EmbeddingKWS):
-        return _run_embedding_distill(kw, argv, teacher, parent, corpus, init, init_extra)
+        return _run_embedding_distill(kw, argv, teacher, parent, corpus, init, init_extra, selection)
     if init is not None:
         model = init.build_model().train()
     else:
@@ -455,11 +482,11 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     attention_weight = kw["attention_weight"] if kw["attention_kd"] else 0.0
     objective = Distillation(teacher, augmenter, kw["temperature"], kw["alpha"], attention_weight, pruner)
     extra = {"parent_teacher": parent, **init_extra}
-    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "student", extra)
+    return train_and_save(model, objective, corpus, train_options(kw), augmenter, kw, argv, "student", extra, selection)
 
 
 def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, parent: dict, corpus: Corpus, init,
-                           init_extra: dict) -> dict:
+                           init_extra: dict, selection: Selection | None) -> dict:
     """A CRNN student from the speech-embedding teacher: streaming distillation on a bank of
     long augmented sequences whose teacher probabilities are computed once."""
     from training.data import load_phrases
@@ -483,7 +510,7 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
                                   kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"])
     opts = train_options(kw)
     extra = {"parent_teacher": parent, **init_extra}
-    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, "student", extra)
+    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, "student", extra, selection)
 
 
 def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
@@ -493,6 +520,7 @@ def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
     ckpt = read_checkpoint(kw["ckpt"])
     model = ckpt.build_model().train()
     corpus = _setup(kw, ckpt.config.keyword)
+    selection = open_selection(kw, corpus.keyword, model.config.sample_rate)
     torch.manual_seed(kw["seed"])
     teacher, parent = (None, None)
     if kw["teacher_path"] is not None:
@@ -505,7 +533,8 @@ def run_finetune_stream(kw: dict, argv: list[str]) -> dict:
     opts.epoch_size = kw["steps_per_epoch"] * opts.batch_size
     extra = {"finetuned_from": {"path": str(kw["ckpt"]), "sha256": sha256_file(Path(kw["ckpt"]))},
              "parent_teacher": ckpt.metadata.get("parent_teacher") or parent}
-    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra)
+    return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, ckpt.metadata.get("role", "student"), extra,
+                          selection)
 
 
 def real_dir_of(value: str | None) -> str | None:
