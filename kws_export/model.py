@@ -89,11 +89,13 @@ class CRNN(nn.Module):
         return streaming.step(chunk, state, streaming.params(self), spec.n_fft, spec.hop,
                               list(self.config.stride), self.config.gru_layers)
 
-    def stream_reference(self, audio: torch.Tensor, window_ms: float | None = None) -> torch.Tensor:
+    def stream_reference(self, audio: torch.Tensor, window_ms: float | None = None, mel_transform=None) -> torch.Tensor:
         """(batch, samples) -> (batch, samples // step_samples): what ``step`` emits over
-        the whole stream, computed offline in one batched, differentiable pass."""
+        the whole stream, computed offline in one batched, differentiable pass
+        (``mel_transform``: a training-time augmentation of its log-mel, see
+        ``streaming.reference``)."""
         return streaming.reference(audio, self.gru, streaming.params(self), self.stream_spec(window_ms),
-                                   list(self.config.stride))
+                                   list(self.config.stride), mel_transform)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,7 +18,7 @@ tests/test_streaming.py and docs/streaming.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import math
 
@@ -301,16 +301,20 @@ def step(chunk: Tensor, state: Dict[str, Tensor], p: Dict[str, Tensor], n_fft: i
     return torch.stack(probs, dim=1), new
 
 
-def reference(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: StreamSpec, stride: List[int]) -> Tensor:
+def reference(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: StreamSpec, stride: List[int],
+              mel_transform: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
     """Offline reference of exactly the streaming semantics: (batch, samples) ->
     (batch, samples // step_samples).  Batched and differentiable; it runs ``gru`` (the
     model's nn.GRU, fast and with its training-mode dropout) over the whole stream from a
-    zero state, which is what the never-reset streaming GRU computes."""
+    zero state, which is what the never-reset streaming GRU computes.  ``mel_transform``
+    (training only: a feature augmentation) maps the (batch, n_mels, frames) log-mel."""
     steps = audio.shape[-1] // spec.step_samples
     if steps == 0:
         return audio.new_zeros(audio.shape[0], 0)
     audio = audio[:, : steps * spec.step_samples]
     mel = logmel_buffer(stream_buffer(audio, spec.prefix_samples), p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
+    if mel_transform is not None:
+        mel = mel_transform(mel)
     outs, _ = gru(conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], stride))
     context = window_context(outs, attention_energy(outs, p), spec.window_steps)
     return keyword_prob(context, p)

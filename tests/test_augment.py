@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from training.augment import (EQ_CENTRES_HZ, AugmentConfig, Augmenter, NoiseBank, augment_waves, equalize, make_long_batch,
-                              make_long_sequence, random_eq, reverberate, spec_augment, speed_perturb, time_shift)
+                              make_long_sequence, random_eq, random_vtlp, reverberate, spec_augment, speed_perturb, time_shift,
+                              vtlp_frequencies, vtlp_warp)
 from training.streams import make_stream
 
 SR = 16000
@@ -147,6 +148,59 @@ def test_spec_augment_masks_bands_with_the_mean():
         assert rows <= 6 and cols <= 10
     assert changed.any()
     assert torch.equal(spec_augment(logmel, AugmentConfig.none(), torch.Generator()), logmel)
+
+
+def test_vtlp_moves_a_tone_as_a_longer_or_shorter_vocal_tract_would():
+    """The warped log-mel of a tone at f is (nearly) the log-mel of the tone at alpha * f:
+    same loudest band, close profile; alpha 1 is the identity and Nyquist stays put."""
+    from kws_export.config import CRNNConfig
+    from kws_export.model import CRNN
+
+    frontend = CRNN(CRNNConfig()).frontend
+    for f, a in ((800.0, 1.1), (2000.0, 0.9), (3000.0, 1.08)):
+        warped = vtlp_warp(frontend(tones(1, f)), torch.tensor([a]))[0].mean(dim=1)
+        moved = frontend(tones(1, f * a))[0].mean(dim=1)
+        plain = frontend(tones(1, f))[0].mean(dim=1)
+        assert int(warped.argmax()) == int(moved.argmax()) != int(plain.argmax()), (f, a)
+        assert (warped - moved).abs()[moved > moved.max() - 30].mean() < (plain - moved).abs()[moved > moved.max() - 30].mean()
+    x = torch.randn(2, 40, 30)
+    assert torch.equal(vtlp_warp(x, torch.ones(2)), x)
+    edges = vtlp_frequencies(torch.tensor([0.0, 8000.0]), torch.tensor([0.9, 1.1]), 8000.0)
+    torch.testing.assert_close(edges, torch.tensor([[0.0, 8000.0], [0.0, 8000.0]], dtype=torch.float64))
+
+
+def test_random_vtlp_is_seeded_off_by_default_and_draws_nothing_when_off():
+    x = torch.randn(16, 40, 20)
+    cfg = only("vtlp", vtlp_prob=0.5)
+    a = random_vtlp(x, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(a, random_vtlp(x, cfg, torch.Generator().manual_seed(1)))
+    changed = (a - x).abs().amax(dim=(1, 2)) > 1e-6
+    assert 0 < int(changed.sum()) < len(x)
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(random_vtlp(x, AugmentConfig(), g), x)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(5)))
+    assert not AugmentConfig().vtlp and not AugmentConfig.none().vtlp
+    assert Augmenter(AugmentConfig()).stream_features() is None
+    assert Augmenter(only("vtlp")).stream_features() is not None
+
+
+def test_stream_reference_feeds_its_log_mel_through_the_transform():
+    """``mel_transform`` sits between the streaming log-mel and the conv: a transform to the
+    log of the clamp floor gives what silence gives; the identity changes nothing."""
+    import math
+
+    from kws_export.config import CRNNConfig
+    from kws_export.model import CRNN
+
+    torch.manual_seed(0)
+    model = CRNN(CRNNConfig(channels=2, hidden=8, gru_layers=1)).eval()
+    audio = 0.1 * torch.randn(2, 3 * SR)
+    with torch.no_grad():
+        plain = model.stream_reference(audio)
+        torch.testing.assert_close(model.stream_reference(audio, mel_transform=lambda m: m.clone()), plain)
+        floor = model.stream_reference(audio, mel_transform=lambda m: torch.full_like(m, math.log(1e-9)))
+        torch.testing.assert_close(floor, model.stream_reference(torch.zeros_like(audio)))
+        assert not torch.allclose(floor, plain)
 
 
 def test_full_chain_runs_on_a_training_sized_batch():

@@ -105,6 +105,51 @@ def test_embedding_options_fail_in_one_line(teacher, corpus, tmp_path, capsys):
                          "--bank-keyword-prob", bad) == 2
         assert "--bank-keyword-prob" in capsys.readouterr().err
     assert not crnn_teacher.exists()
+    # the embedding head has no epochs to choose: the selection options are refused, not ignored
+    assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt",
+                     "--select-negatives", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "--select-negatives" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_bad_selection_folders_are_refused_before_the_bank_is_built(teacher, corpus, tmp_path, monkeypatch, capsys):
+    """The student's selection recordings are opened first: a bad folder, or both options,
+    costs no teacher time (the bank of a real run takes minutes)."""
+    import training.embedding_distill as ed
+
+    def no_bank(*a, **k):
+        raise AssertionError("the bank was built before the selection folder was checked")
+
+    monkeypatch.setattr(ed, "build_bank", no_bank)
+    out = tmp_path / "s.pt"
+    base = ["distill", "--teacher", teacher, "--data", corpus, "--out", out, "--bank-sequences", "2", *TINY, *FAST]
+    assert kws_train(*base, "--select-negatives", tmp_path / "nowhere") == 2
+    assert kws_train(*base, "--select-real", tmp_path / "nowhere") == 2
+    assert kws_train(*base, "--select-real", tmp_path, "--select-negatives", tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "exclude each other" in err[2], err
+    assert not out.exists()
+
+
+def test_student_with_vtlp_warps_its_bank_features(teacher, corpus, tmp_path, monkeypatch):
+    """--vtlp reaches the streaming loss on the cached bank, not only the clips."""
+    from training.augment import Augmenter
+
+    calls = []
+    real = Augmenter.stream_features
+
+    def counted(self, generator=None):
+        f = real(self, generator)
+        calls.append(f is not None)
+        return f
+
+    monkeypatch.setattr(Augmenter, "stream_features", counted)
+    out = tmp_path / "vtlp.pt"
+    assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", out, "--epochs", "1",
+                     "--bank-sequences", "2", "--seq-seconds", "3", "--sequences", "2", "--vtlp", *TINY, *FAST) == 0
+    assert calls and all(calls)
+    assert load_checkpoint(out).metadata["training"]["augment"]["vtlp"] is True
 
 
 def test_train_loss_is_finite_and_head_is_small(teacher):

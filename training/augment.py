@@ -3,7 +3,8 @@
 Waveform chain, each step switchable in ``AugmentConfig``: speed perturbation (band-limited
 polyphase resampling, the same kernel as ``kws_export.audio.resample``) -> time shift ->
 reverberation (synthetic exponentially decaying noise RIRs, FFT convolution) -> background
-noise at a random SNR -> microphone EQ (a random smooth 7-band response) -> gain.  SpecAugment masks the log-mel.  Every random draw comes from
+noise at a random SNR -> microphone EQ (a random smooth 7-band response) -> gain.  On the log-mel:
+the VTLP frequency warp (off by default), then SpecAugment's masks.  Every random draw comes from
 the ``torch.Generator`` passed in (CPU), so a seed reproduces a batch exactly on any device.
 
 ``make_long_sequence`` glues clips with noise between them so streaming models learn to run
@@ -56,11 +57,17 @@ class AugmentConfig:
     eq: bool = False
     eq_prob: float = 0.5
     eq_db: tuple[float, float] = (-10.0, 10.0)
+    # Vocal tract length perturbation on the log-mel: a speaker's formants sit higher or lower
+    # (a warp of the frequency axis by alpha, bent back to reach Nyquist), on the student's
+    # features only, so a teacher's targets for the audio stay valid.
+    vtlp: bool = False
+    vtlp_prob: float = 0.8
+    vtlp_range: tuple[float, float] = (0.9, 1.1)
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Everything off (evaluation, or a baseline run)."""
-        return cls(noise=False, gain=False, shift=False, speed=False, reverb=False, specaugment=False, eq=False)
+        return cls(noise=False, gain=False, shift=False, speed=False, reverb=False, specaugment=False, eq=False, vtlp=False)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -244,6 +251,49 @@ def add_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor, silent
     return x + noise * torch.sqrt(target / p_noise).to(x.dtype)[:, None]
 
 
+VTLP_BOUNDARY_HZ = 4800.0  # below it frequencies scale by alpha; above, linearly back to Nyquist (Jaitly & Hinton 2013)
+
+
+def vtlp_frequencies(freqs: torch.Tensor, alpha: torch.Tensor, nyquist: float,
+                     boundary: float = VTLP_BOUNDARY_HZ) -> torch.Tensor:
+    """VTLP's piecewise-linear warp of ``freqs`` (F,) by each ``alpha`` (B,) -> (B, F):
+    f * alpha up to ``boundary * min(alpha, 1) / alpha``, then a straight line to Nyquist."""
+    a = alpha.to(torch.float64)[:, None]
+    f = freqs.to(torch.float64)[None, :]
+    knee = boundary * torch.clamp(a, max=1.0) / a
+    upper = nyquist - (nyquist - boundary * torch.clamp(a, max=1.0)) / (nyquist - knee) * (nyquist - f)
+    return torch.where(f <= knee, f * a, upper)
+
+
+def vtlp_warp(logmel: torch.Tensor, alpha: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """(B, n_mels, frames) HTK log-mel (0 Hz to Nyquist) as spoken by a vocal tract
+    ``alpha`` times shorter: the content at f moves to warp(f).  Each output band reads the
+    band its centre came from (warp^-1 by ``alpha``'s reciprocal warp, a close inverse),
+    interpolated linearly between neighbouring bands; alpha 1 returns the input."""
+    b, m, _ = logmel.shape
+    nyq = sample_rate / 2
+    top = 2595.0 * math.log10(1.0 + nyq / 700.0)
+    mel_pts = torch.linspace(0.0, top, m + 2, dtype=torch.float64)
+    centres = 700.0 * (10.0 ** (mel_pts[1:-1] / 2595.0) - 1.0)
+    source = vtlp_frequencies(centres, 1.0 / alpha, nyq)                       # (B, M) Hz
+    idx = (2595.0 * torch.log10(1.0 + source / 700.0) - mel_pts[1]) / (mel_pts[2] - mel_pts[1])
+    idx = idx.clamp(0, m - 1)
+    lo = idx.floor().long().clamp(max=m - 2)
+    w = (idx - lo).to(logmel.dtype).to(logmel.device)[:, :, None]
+    lo = lo.to(logmel.device)[:, :, None].expand(-1, -1, logmel.shape[2])
+    return torch.gather(logmel, 1, lo) * (1 - w) + torch.gather(logmel, 1, lo + 1) * w
+
+
+def random_vtlp(logmel: torch.Tensor, config: AugmentConfig, g: torch.Generator, sample_rate: int = 16000) -> torch.Tensor:
+    """``vtlp_warp`` with alpha uniform in ``config.vtlp_range`` on a ``vtlp_prob`` share of
+    the batch (alpha 1 elsewhere); the input when ``config.vtlp`` is off (no draw)."""
+    if not config.vtlp:
+        return logmel
+    b = logmel.shape[0]
+    alpha = torch.where(_chosen(b, config.vtlp_prob, g), _uniform(b, config.vtlp_range, g), torch.ones(b, dtype=torch.float64))
+    return vtlp_warp(logmel, alpha, sample_rate)
+
+
 def spec_augment(logmel: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Frequency and time masks on (B, n_mels, frames), filled with each example's mean."""
     if not config.specaugment:
@@ -333,7 +383,17 @@ class Augmenter:
         return augment_waves(batch, self.config, self.noises, generator or self.generator, self.sample_rate)
 
     def spec(self, logmel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return spec_augment(logmel, self.config, generator or self.generator)
+        g = generator or self.generator
+        return spec_augment(random_vtlp(logmel, self.config, g, self.sample_rate), self.config, g)
+
+    def stream_features(self, generator: torch.Generator | None = None):
+        """What a streaming training pass does to its log-mel (``CRNN.stream_reference``'s
+        ``mel_transform``): the VTLP warp when it is on (one alpha per sequence), else
+        None.  No masks: a stream's targets are per step."""
+        if not self.config.vtlp:
+            return None
+        g = generator or self.generator
+        return lambda mel: random_vtlp(mel, self.config, g, self.sample_rate)
 
     __call__ = waves
 

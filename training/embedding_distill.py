@@ -114,7 +114,8 @@ class EmbeddingStreamKD(StreamingObjective):
         audio = self.bank.audio[pick].to(device)
         target, mask, teacher = (self.bank.targets[pick].to(device), self.bank.masks[pick].to(device),
                                  self.bank.teacher[pick].to(device))
-        probs = model.stream_reference(audio).clamp(1e-6, 1 - 1e-6)
+        features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
+        probs = model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
         steps = min(probs.shape[1], target.shape[1])
         probs, target, mask, teacher = probs[:, :steps], target[:, :steps], mask[:, :steps], teacher[:, :steps]
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")

@@ -106,7 +106,8 @@ class StreamingObjective(Objective):
         audio, target, mask = self.make_batch(model, generator)
         device = waves.device
         audio, target, mask = audio.to(device), target.to(device), mask.to(device)
-        probs = model.stream_reference(audio).clamp(1e-6, 1 - 1e-6)
+        features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
+        probs = model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")
         pos, neg = mask & (target > 0.5), mask & (target < 0.5)
         stream_loss = 0.5 * _masked_mean(bce, neg) + 0.5 * _masked_mean(bce, pos)
