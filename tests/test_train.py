@@ -442,3 +442,13 @@ def test_ema_keeps_and_saves_the_moving_average_of_the_weights(corpus, tmp_path)
         assert kws_train("teacher", "--data", corpus, "--out", tmp_path / "bad.pt", "--epochs", "1", *TINY, *FAST,
                          "--ema", bad) == 2
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_select_negatives_help_states_the_hours_streamed(capsys):
+    """The help text names the hours ``RealSelection`` streams (the CLI imports the pipeline
+    lazily, so the figure is written out there; this keeps the two together)."""
+    from training.pipeline import SELECT_NEGATIVES_HOURS
+
+    assert kws_train("distill", "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"at most {SELECT_NEGATIVES_HOURS:g} h of them" in text
