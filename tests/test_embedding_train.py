@@ -10,6 +10,7 @@ import torch
 from kws_export.checkpoint import load_checkpoint
 from kws_export.cli_support import run_click
 from kws_export.embedding import EmbeddingKWS
+from kws_export.errors import KWSError
 from training.cli import cli
 
 TINY = ["--channels", "2", "--hidden", "8", "--gru-layers", "1"]
@@ -88,6 +89,13 @@ def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
     assert bank.audio.shape == (2, 48000) and bank.teacher.shape == bank.targets.shape == (2, 37)
     want = model.stream(bank.audio[1].numpy())
     np.testing.assert_allclose(bank.teacher[1].numpy(), want, atol=1e-5)
+    # a student stepping every 160 ms learns the teacher step that ends where its own step ends
+    slow = CRNNConfig(channels=2, hidden=8, gru_layers=1, stride=(4, 16))
+    bank = build_bank(slow, model, train, None, [], None, sequences=1, seq_seconds=3.0, seed=0)
+    assert bank.teacher.shape == bank.targets.shape == (1, 18)
+    np.testing.assert_allclose(bank.teacher[0].numpy(), model.stream(bank.audio[0].numpy())[1::2][:18], atol=1e-5)
+    with pytest.raises(KWSError, match="not a multiple"):
+        build_bank(CRNNConfig(stride=(4, 12)), model, train, None, [], None, sequences=1, seq_seconds=3.0, seed=0)
 
 
 def test_embedding_options_fail_in_one_line(teacher, corpus, tmp_path, capsys):

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kws_export.embedding import EmbeddingKWS
+from kws_export.embedding import STEP_SAMPLES, EmbeddingKWS
+from kws_export.errors import KWSError
 from training.augment import Augmenter, NoiseBank, make_long_sequence, room_and_microphone
 from training.stream_train import StreamingObjective, _masked_mean, step_targets
 from training.train import ClipSet, balanced_indices, forward_train
@@ -48,6 +49,17 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, :n] if x.shape[1] >= n else torch.cat([x, torch.zeros(x.shape[0], n - x.shape[1])], dim=1)
 
 
+def teacher_steps_per_student_step(student_config) -> int:
+    """How many of the teacher's 80 ms steps one student step spans (1 for the seminar
+    stride of 8 frames, 2 for 16); a student step that is not a whole number of them has no
+    teacher probability to learn from."""
+    step = student_config.stride[1] * student_config.hop
+    if step % STEP_SAMPLES:
+        raise KWSError(f"a student step of {step} samples (conv time stride {student_config.stride[1]} x hop "
+                       f"{student_config.hop}) is not a multiple of the embedding teacher's {STEP_SAMPLES}-sample step")
+    return step // STEP_SAMPLES
+
+
 def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: np.ndarray | None, noises,
                augmenter: Augmenter | None, sequences: int, seq_seconds: float, seed: int, keyword_prob: float = 0.3,
                log=None) -> SequenceBank:
@@ -61,6 +73,7 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
                                                  eq=False), None, sr, seed=seed)
     slot = phrases.shape[1] if phrases is not None and len(phrases) else train.waves.shape[1]
     steps = int(round(seq_seconds * sr)) // (student_config.stride[1] * student_config.hop)
+    every = teacher_steps_per_student_step(student_config)
     audio, teach, targets, masks = [], [], [], []
     features = teacher.features()
     t0 = time.perf_counter()
@@ -82,7 +95,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
             x = room_and_microphone(x, augmenter.config, g, sr)
         x = _pad_to(x, int(round(seq_seconds * sr)))
         e, _, _ = features.stream_embeddings(x[0].numpy())
-        p = teacher.stream_from_embeddings(e)[:steps]
+        # the teacher's step that ends where each student step ends
+        p = teacher.stream_from_embeddings(e)[every - 1::every][:steps]
         spans = [(int(a), int(b)) for (a, b), lab in zip(seq.speech.tolist(), seq.labels.tolist()) if lab == 1]
         t, m = step_targets(student_config, steps, spans)
         audio.append(x[0])

@@ -490,7 +490,7 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
     """A CRNN student from the speech-embedding teacher: streaming distillation on a bank of
     long augmented sequences whose teacher probabilities are computed once."""
     from training.data import load_phrases
-    from training.embedding_distill import EmbeddingStreamKD, build_bank
+    from training.embedding_distill import EmbeddingStreamKD, build_bank, teacher_steps_per_student_step
 
     if kw["attention_kd"] or kw["prune"] > 0:
         raise KWSError("--attention-kd and --prune need a CRNN teacher (the embedding teacher has no attention to match)")
@@ -506,7 +506,9 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
     bank = build_bank(model.config, teacher, train, phrases, corpus.noises, augmenter, kw["bank_sequences"],
                       kw["seq_seconds"], kw["seed"], keyword_prob=kw["bank_keyword_prob"], log=log)
     log(f"student: sequence bank ready in {time.perf_counter() - t0:.0f} s")
-    objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, teacher.config.n_embeddings,
+    # no soft target until the teacher's window has filled: n_embeddings of its steps, in student steps
+    warmup = -(-teacher.config.n_embeddings // teacher_steps_per_student_step(model.config))
+    objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, warmup,
                                   kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"])
     opts = train_options(kw)
     extra = {"parent_teacher": parent, **init_extra}
