@@ -495,6 +495,8 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
     if kw["attention_kd"] or kw["prune"] > 0:
         raise KWSError("--attention-kd and --prune need a CRNN teacher (the embedding teacher has no attention to match)")
     model = init.build_model().train() if init is not None else CRNN(_arch(kw, corpus.keyword))
+    # no soft target until the teacher's window has filled: n_embeddings of its steps, in student steps
+    warmup = -(-teacher.config.n_embeddings // teacher_steps_per_student_step(model.config))
     augmenter = make_augmenter(kw, corpus.noises, model.config.sample_rate)
     train = corpus.get("train", model.config)
     phrases = None
@@ -506,8 +508,6 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
     bank = build_bank(model.config, teacher, train, phrases, corpus.noises, augmenter, kw["bank_sequences"],
                       kw["seq_seconds"], kw["seed"], keyword_prob=kw["bank_keyword_prob"], log=log)
     log(f"student: sequence bank ready in {time.perf_counter() - t0:.0f} s")
-    # no soft target until the teacher's window has filled: n_embeddings of its steps, in student steps
-    warmup = -(-teacher.config.n_embeddings // teacher_steps_per_student_step(model.config))
     objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, warmup,
                                   kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"])
     opts = train_options(kw)
