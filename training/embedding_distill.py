@@ -72,8 +72,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
         clip_aug = Augmenter(dataclasses.replace(augmenter.config, noise=False, reverb=False, specaugment=False,
                                                  eq=False), None, sr, seed=seed)
     slot = phrases.shape[1] if phrases is not None and len(phrases) else train.waves.shape[1]
-    steps = int(round(seq_seconds * sr)) // (student_config.stride[1] * student_config.hop)
     every = teacher_steps_per_student_step(student_config)
+    steps = int(round(seq_seconds * sr)) // (every * STEP_SAMPLES)
     audio, teach, targets, masks = [], [], [], []
     features = teacher.features()
     t0 = time.perf_counter()
@@ -128,8 +128,7 @@ class EmbeddingStreamKD(StreamingObjective):
         audio = self.bank.audio[pick].to(device)
         target, mask, teacher = (self.bank.targets[pick].to(device), self.bank.masks[pick].to(device),
                                  self.bank.teacher[pick].to(device))
-        features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
-        probs = model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
+        probs = self.student_stream(model, audio, generator)
         steps = min(probs.shape[1], target.shape[1])
         probs, target, mask, teacher = probs[:, :steps], target[:, :steps], mask[:, :steps], teacher[:, :steps]
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")

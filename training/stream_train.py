@@ -100,14 +100,19 @@ class StreamingObjective(Objective):
             masks.append(m)
         return audio, torch.stack(targets), torch.stack(masks)
 
+    def student_stream(self, model, audio: torch.Tensor, generator) -> torch.Tensor:
+        """The student's never-reset streaming probabilities over ``audio``, its log-mel
+        through the augmenter's stream features (the VTLP warp when on), clamped for BCE."""
+        features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
+        return model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
+
     def __call__(self, model, waves, labels, generator):
         logits, _, _ = forward_train(model, waves, self.augmenter, generator)
         clip_loss = nn.functional.cross_entropy(logits, labels)
         audio, target, mask = self.make_batch(model, generator)
         device = waves.device
         audio, target, mask = audio.to(device), target.to(device), mask.to(device)
-        features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
-        probs = model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
+        probs = self.student_stream(model, audio, generator)
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")
         pos, neg = mask & (target > 0.5), mask & (target < 0.5)
         stream_loss = 0.5 * _masked_mean(bce, neg) + 0.5 * _masked_mean(bce, pos)
