@@ -97,6 +97,11 @@ class CRNN(nn.Module):
         return streaming.reference(audio, self.gru, streaming.params(self), self.stream_spec(window_ms),
                                    list(self.config.stride), mel_transform)
 
+    def stream_reference_outputs(self, audio: torch.Tensor, mel_transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stream_reference`` and the GRU's output at every step (``streaming.reference_outputs``)."""
+        return streaming.reference_outputs(audio, self.gru, streaming.params(self), self.stream_spec(None),
+                                           list(self.config.stride), mel_transform)
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

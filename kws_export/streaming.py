@@ -308,16 +308,23 @@ def reference(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: StreamSpec
     model's nn.GRU, fast and with its training-mode dropout) over the whole stream from a
     zero state, which is what the never-reset streaming GRU computes.  ``mel_transform``
     (training only: a feature augmentation) maps the (batch, n_mels, frames) log-mel."""
+    return reference_outputs(audio, gru, p, spec, stride, mel_transform)[0]
+
+
+def reference_outputs(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: StreamSpec, stride: List[int],
+                      mel_transform: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
+    """``reference`` and the last GRU layer's output at every step, (batch, steps, hidden):
+    what a training loss on the student's representation reads."""
     steps = audio.shape[-1] // spec.step_samples
     if steps == 0:
-        return audio.new_zeros(audio.shape[0], 0)
+        return audio.new_zeros(audio.shape[0], 0), audio.new_zeros(audio.shape[0], 0, gru.hidden_size)
     audio = audio[:, : steps * spec.step_samples]
     mel = logmel_buffer(stream_buffer(audio, spec.prefix_samples), p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
     if mel_transform is not None:
         mel = mel_transform(mel)
     outs, _ = gru(conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], stride))
     context = window_context(outs, attention_energy(outs, p), spec.window_steps)
-    return keyword_prob(context, p)
+    return keyword_prob(context, p), outs
 
 
 def check_state(state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:

@@ -98,6 +98,51 @@ def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
         build_bank(CRNNConfig(stride=(4, 12)), model, train, None, [], None, sequences=1, seq_seconds=3.0, seed=0)
 
 
+def test_similarity_loss_copies_which_steps_are_alike_not_the_basis():
+    from training.embedding_distill import similarity_loss
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(300, 96, generator=g)
+    # the same geometry in another basis and scale (an orthogonal map of the centred features): no loss
+    q, _ = torch.linalg.qr(torch.randn(96, 96, generator=g))
+    assert similarity_loss(3 * teacher @ q + 5, teacher, 128, torch.Generator().manual_seed(1)) < 1e-10
+    # unrelated features cost something, and the gradient reaches them
+    student = torch.randn(300, 20, generator=g, requires_grad=True)
+    loss = similarity_loss(student, teacher, 128, torch.Generator().manual_seed(1))
+    assert loss > 1e-3
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert (student.grad != 0).any(dim=1).sum() == 128  # only the drawn steps
+
+
+def test_student_with_kd_similarity_learns_from_the_banked_embeddings(teacher, corpus, tmp_path, monkeypatch):
+    """--kd-similarity keeps the teacher's embedding of every bank step (the step its
+    probability came from) and adds the similarity loss to the student's training."""
+    import training.embedding_distill as ed
+    from kws_export.config import CRNNConfig
+    from training.train import load_clips
+
+    model = load_checkpoint(teacher).build_model()
+    cfg = CRNNConfig(channels=2, hidden=8, gru_layers=1, stride=(4, 16))
+    train = load_clips(corpus, "train", "sheila", cfg.clip_samples, cfg.sample_rate, None)
+    bank = ed.build_bank(cfg, model, train, None, [], None, sequences=1, seq_seconds=3.0, seed=0, keep_embeddings=True)
+    e, _, _ = model.features().stream_embeddings(bank.audio[0].numpy())
+    assert bank.embeddings.shape == (1, 18, 96)
+    np.testing.assert_allclose(bank.embeddings[0].numpy(), e[1::2][:18], atol=1e-6)
+    assert ed.build_bank(cfg, model, train, None, [], None, sequences=1, seq_seconds=3.0, seed=0).embeddings is None
+
+    calls = []
+    real = ed.similarity_loss
+    monkeypatch.setattr(ed, "similarity_loss", lambda *a: calls.append(a[0].shape) or real(*a))
+    out = tmp_path / "sim.pt"
+    assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", out, "--epochs", "1",
+                     "--bank-sequences", "2", "--seq-seconds", "3", "--sequences", "2", "--kd-similarity", "0.5",
+                     *TINY, *FAST) == 0
+    meta = load_checkpoint(out).metadata["training"]
+    assert calls and meta["objective"]["similarity_weight"] == 0.5
+    assert all(np.isfinite(h["train_sim"]) for h in meta["history"])
+
+
 def test_embedding_options_fail_in_one_line(teacher, corpus, tmp_path, capsys):
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt", "--views", "0") == 2
     assert "--views" in capsys.readouterr().err
@@ -112,6 +157,9 @@ def test_embedding_options_fail_in_one_line(teacher, corpus, tmp_path, capsys):
         assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", crnn_teacher,
                          "--bank-keyword-prob", bad) == 2
         assert "--bank-keyword-prob" in capsys.readouterr().err
+    assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", crnn_teacher,
+                     "--kd-similarity", "-1") == 2
+    assert "--kd-similarity" in capsys.readouterr().err
     assert not crnn_teacher.exists()
     # the embedding head has no epochs to choose: the selection options are refused, not ignored
     assert kws_train("teacher", "--arch", "embedding", "--data", corpus, "--out", tmp_path / "t.pt",

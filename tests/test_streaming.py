@@ -174,6 +174,24 @@ def test_step_by_step_equals_reference_over_30s(cfg):
     assert ref.std() > 0  # a live signal, not a constant
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_reference_outputs_are_the_streaming_gru_state(layers):
+    """What a loss on the student's representation reads offline is the top GRU layer's
+    state the streaming step carries, step for step."""
+    m = model(CRNNConfig(channels=2, hidden=8, gru_layers=layers), seed=3)
+    audio = signal(3.0, seed=4)
+    with torch.no_grad():
+        probs, outs = m.stream_reference_outputs(audio)
+        assert torch.equal(probs, m.stream_reference(audio))
+        assert outs.shape == (1, 37, 8)
+        state = m.init_state()
+        for t in range(outs.shape[1]):
+            _, state = m.step(audio[:, t * 1280:(t + 1) * 1280], state)
+            assert (state[f"gru_h{layers - 1}"] - outs[:, t]).abs().max() <= 1e-4
+    empty_probs, empty_outs = m.stream_reference_outputs(audio[:, :1000])
+    assert empty_probs.shape == (1, 0) and empty_outs.shape == (1, 0, 8)
+
+
 def test_multi_step_chunks_and_window(tiny_config):
     m = model(tiny_config, seed=4)
     audio = signal(6.0, seed=5)

@@ -204,6 +204,15 @@ def test_distill_student_with_attention_kd_on_another_time_axis(teacher_ckpt, co
         assert field in meta["metrics"]
 
 
+def test_kd_similarity_needs_the_embedding_teacher(teacher_ckpt, corpus, tmp_path, capsys):
+    out = tmp_path / "student.pt"
+    assert kws_train("distill", "--teacher", teacher_ckpt, "--data", corpus, "--out", out, "--kd-similarity", "1",
+                     *TINY, *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--kd-similarity needs the embedding teacher" in err[0]
+    assert not out.exists()
+
+
 def test_distill_with_pruning_reaches_the_sparsity(teacher_ckpt, corpus, tmp_path):
     out = tmp_path / "pruned.pt"
     rc = kws_train("distill", "--teacher", teacher_ckpt, "--data", corpus, "--out", out, "--epochs", "2",

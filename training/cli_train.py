@@ -274,6 +274,9 @@ def teacher(**kw):
               help="Embedding teacher: chance that a slot of a bank sequence is a keyword (the rest: words and phrases).")
 @click.option("--clip-weight", type=float, default=0.3, show_default=True,
               help="Embedding teacher: weight of the hard clip loss beside the streaming losses.")
+@click.option("--kd-similarity", type=float, default=0.0, show_default=True, metavar="WEIGHT",
+              help="Embedding teacher: weight of a similarity-preserving loss between the student's GRU output and "
+                   "the teacher's embedding at every bank step (0: off).")
 @click.option("--prune-epochs", type=int, default=None, help="Epochs to reach the final sparsity (default: half of --epochs).")
 @arch_options(STUDENT_ARCH)
 @run_options

@@ -43,6 +43,7 @@ class SequenceBank:
     targets: torch.Tensor  # [N, steps] hard targets of the student's window
     masks: torch.Tensor  # [N, steps] scored steps
     keyword_prob: float  # chance that a slot of a sequence is a keyword
+    embeddings: torch.Tensor | None = None  # [N, steps, 96] the teacher's embedding at each student step
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -62,8 +63,9 @@ def teacher_steps_per_student_step(student_config) -> int:
 
 def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: np.ndarray | None, noises,
                augmenter: Augmenter | None, sequences: int, seq_seconds: float, seed: int, keyword_prob: float = 0.3,
-               log=None) -> SequenceBank:
-    """``sequences`` augmented long sequences with the teacher's and the hard per-step targets."""
+               log=None, keep_embeddings: bool = False) -> SequenceBank:
+    """``sequences`` augmented long sequences with the teacher's and the hard per-step targets
+    (``keep_embeddings``: and the teacher's embedding at each student step)."""
     g = torch.Generator().manual_seed(seed)
     sr = student_config.sample_rate
     bank = NoiseBank(noises, 1)
@@ -74,7 +76,7 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
     slot = phrases.shape[1] if phrases is not None and len(phrases) else train.waves.shape[1]
     every = teacher_steps_per_student_step(student_config)
     steps = int(round(seq_seconds * sr)) // (every * STEP_SAMPLES)
-    audio, teach, targets, masks = [], [], [], []
+    audio, teach, targets, masks, embeddings = [], [], [], [], []
     features = teacher.features()
     t0 = time.perf_counter()
     for s in range(sequences):
@@ -97,6 +99,8 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
         e, _, _ = features.stream_embeddings(x[0].numpy())
         # the teacher's step that ends where each student step ends
         p = teacher.stream_from_embeddings(e)[every - 1::every][:steps]
+        if keep_embeddings:
+            embeddings.append(torch.from_numpy(np.ascontiguousarray(e[every - 1::every][:steps])))
         spans = [(int(a), int(b)) for (a, b), lab in zip(seq.speech.tolist(), seq.labels.tolist()) if lab == 1]
         t, m = step_targets(student_config, steps, spans)
         audio.append(x[0])
@@ -106,19 +110,38 @@ def build_bank(student_config, teacher: EmbeddingKWS, train: ClipSet, phrases: n
         if log and (s + 1) % 50 == 0:
             log(f"distill: teacher on {s + 1}/{sequences} sequences ({time.perf_counter() - t0:.0f} s)")
     return SequenceBank(torch.stack(audio), torch.stack(teach).float(), torch.stack(targets), torch.stack(masks),
-                        keyword_prob)
+                        keyword_prob, torch.stack(embeddings).float() if keep_embeddings else None)
+
+
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Similarity-preserving distillation (Tung & Mori 2019) between two sets of per-step
+    features, [M, H] and [M, D]: over ``n`` steps drawn at random (from all the sequences,
+    so keyword, word, phrase and noise steps meet), the mean squared difference of the two
+    cosine-similarity matrices of the centred features.  The student's 20-wide GRU state and
+    the teacher's 96-wide embedding never share a basis; what is copied is which steps the
+    embedding, trained on real speech, hears as alike."""
+    pick = torch.randperm(len(student), generator=generator)[:n].to(student.device)
+    s, t = student[pick], teacher[pick]
+    s = nn.functional.normalize(s - s.mean(0), dim=1)
+    t = nn.functional.normalize(t - t.mean(0), dim=1)
+    return ((s @ s.T - t @ t.T) ** 2).mean()
 
 
 class EmbeddingStreamKD(StreamingObjective):
     """Streaming distillation from the cached bank (see the module docstring)."""
 
     def __init__(self, train: ClipSet, noises, augmenter: Augmenter | None, bank: SequenceBank, teacher_warmup: int,
-                 sequences: int = 8, clip_weight: float = 0.3, kd_weight: float = 0.5, val_minutes: float = 5.0):
+                 sequences: int = 8, clip_weight: float = 0.3, kd_weight: float = 0.5, val_minutes: float = 5.0,
+                 similarity_weight: float = 0.0, similarity_steps: int = 512):
         super().__init__(train, noises, augmenter, seq_seconds=bank.audio.shape[1] / 16000, sequences=sequences,
                          clip_weight=clip_weight, teacher=None, kd_weight=0.0, val_minutes=val_minutes)
         self.bank = bank
         self.kd_weight = kd_weight
         self.teacher_warmup = teacher_warmup
+        if similarity_weight > 0 and bank.embeddings is None:
+            raise KWSError("the similarity loss needs a bank built with keep_embeddings=True")
+        self.similarity_weight = similarity_weight
+        self.similarity_steps = similarity_steps
 
     def __call__(self, model, waves, labels, generator):
         logits, _, _ = forward_train(model, waves, self.augmenter, generator)
@@ -128,7 +151,7 @@ class EmbeddingStreamKD(StreamingObjective):
         audio = self.bank.audio[pick].to(device)
         target, mask, teacher = (self.bank.targets[pick].to(device), self.bank.masks[pick].to(device),
                                  self.bank.teacher[pick].to(device))
-        probs = self.student_stream(model, audio, generator)
+        probs, outs = self.student_stream(model, audio, generator, with_outputs=True)
         steps = min(probs.shape[1], target.shape[1])
         probs, target, mask, teacher = probs[:, :steps], target[:, :steps], mask[:, :steps], teacher[:, :steps]
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")
@@ -140,7 +163,15 @@ class EmbeddingStreamKD(StreamingObjective):
         kd = 0.5 * _masked_mean(soft, kd_mask & neg) + 0.5 * _masked_mean(soft, kd_mask & pos)
         stream_loss = (1 - self.kd_weight) * hard + self.kd_weight * kd
         loss = self.clip_weight * clip_loss + (1 - self.clip_weight) * stream_loss
-        return loss, {"clip": clip_loss.item(), "stream": hard.item(), "kd": kd.item()}
+        stats = {"clip": clip_loss.item(), "stream": hard.item(), "kd": kd.item()}
+        if self.similarity_weight > 0:
+            # every step once the teacher's embedding window has filled, keyword or not
+            emb = self.bank.embeddings[pick].to(device)[:, self.teacher_warmup:steps]
+            sim = similarity_loss(outs[:, self.teacher_warmup:steps].reshape(-1, outs.shape[-1]),
+                                  emb.reshape(-1, emb.shape[-1]), self.similarity_steps, generator)
+            loss = loss + self.similarity_weight * sim
+            stats["sim"] = sim.item()
+        return loss, stats
 
     def describe(self) -> dict:
         return {"objective": "streaming distillation from the speech-embedding teacher (cached sequence bank)",
@@ -148,4 +179,6 @@ class EmbeddingStreamKD(StreamingObjective):
                 "seq_seconds": self.seq_seconds,
                 "sequences_per_step": self.sequences, "clip_weight": self.clip_weight, "kd_weight": self.kd_weight,
                 "teacher_warmup_steps": self.teacher_warmup,
+                **({"similarity_weight": self.similarity_weight, "similarity_steps": self.similarity_steps}
+                   if self.similarity_weight > 0 else {}),
                 "targets": "teacher's per-step probability + hard 1/0 where the window holds all/none of a keyword"}

@@ -100,11 +100,14 @@ class StreamingObjective(Objective):
             masks.append(m)
         return audio, torch.stack(targets), torch.stack(masks)
 
-    def student_stream(self, model, audio: torch.Tensor, generator) -> torch.Tensor:
+    def student_stream(self, model, audio: torch.Tensor, generator, with_outputs: bool = False):
         """The student's never-reset streaming probabilities over ``audio``, its log-mel
-        through the augmenter's stream features (the VTLP warp when on), clamped for BCE."""
+        through the augmenter's stream features (the VTLP warp when on), clamped for BCE;
+        ``with_outputs``: also its GRU output at every step."""
         features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
-        return model.stream_reference(audio, mel_transform=features).clamp(1e-6, 1 - 1e-6)
+        probs, outs = model.stream_reference_outputs(audio, mel_transform=features)
+        probs = probs.clamp(1e-6, 1 - 1e-6)
+        return (probs, outs) if with_outputs else probs
 
     def __call__(self, model, waves, labels, generator):
         logits, _, _ = forward_train(model, waves, self.augmenter, generator)
