@@ -26,7 +26,7 @@ from kws_export.checkpoint import Checkpoint
 from kws_export.config import CRNNConfig
 from kws_export.errors import KWSError
 from kws_export.fileio import atomic_output, check_writable, sha256_file
-from kws_export.frontend import _hz_to_mel_htk
+from kws_export.frontend import mel_points_hz
 from kws_export.model import CRNN, count_parameters
 from kws_export.onnx_graph import Graph
 from kws_export.streaming import StreamSpec
@@ -67,8 +67,7 @@ def stream_layout(config: CRNNConfig, chunk_ms: float | None = None, window_ms: 
 
 def mel_edges(config: CRNNConfig) -> np.ndarray:
     """The n_mels+2 HTK edge frequencies, computed as frontend.mel_filterbank does."""
-    m_pts = torch.linspace(_hz_to_mel_htk(0.0), _hz_to_mel_htk(float(config.sample_rate // 2)), config.n_mels + 2)
-    return (700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)).numpy()
+    return mel_points_hz(config.n_mels, config.sample_rate).numpy()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -24,8 +24,24 @@ def hann_window(n: int) -> torch.Tensor:
     return torch.hann_window(n, periodic=True, dtype=torch.float32)
 
 
-def _hz_to_mel_htk(freq: float) -> float:
+def hz_to_mel_htk(freq):
+    """HTK mel of ``freq``: a float (math, as torchaudio computes the scale's ends) or a
+    tensor, elementwise."""
+    if isinstance(freq, torch.Tensor):
+        return 2595.0 * torch.log10(1.0 + freq / 700.0)
     return 2595.0 * math.log10(1.0 + freq / 700.0)
+
+
+def mel_to_hz_htk(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_points_hz(n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The filterbank's n_mels + 2 triangle corners in Hz (entries 1..n_mels are the band
+    centres), equally spaced on the HTK mel scale from ``f_min`` to ``f_max`` (Nyquist)."""
+    f_max = float(sample_rate // 2) if f_max is None else f_max
+    return mel_to_hz_htk(torch.linspace(hz_to_mel_htk(f_min), hz_to_mel_htk(f_max), n_mels + 2, dtype=dtype))
 
 
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
@@ -34,10 +50,8 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0
     Follows torchaudio.functional.melscale_fbanks step by step in float32, so the
     result matches it bit for bit rather than merely approximately.
     """
-    f_max = float(sample_rate // 2) if f_max is None else f_max
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_pts = torch.linspace(_hz_to_mel_htk(f_min), _hz_to_mel_htk(f_max), n_mels + 2)
-    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    f_pts = mel_points_hz(n_mels, sample_rate, f_min, f_max)
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
     down = (-1.0 * slopes[:, :-2]) / f_diff[:-1]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from kws_export.audio import sinc_resample_kernel
 from kws_export.errors import KWSError
+from kws_export.frontend import hz_to_mel_htk, mel_to_hz_htk
 from training.streams import fade_ramp, place_clip
 
 SPEED_STEPS = 100  # speed factors are quantised to 1/100: one small polyphase kernel each
@@ -272,11 +273,10 @@ def vtlp_warp(logmel: torch.Tensor, alpha: torch.Tensor, sample_rate: int = 1600
     interpolated linearly between neighbouring bands; alpha 1 returns the input."""
     b, m, _ = logmel.shape
     nyq = sample_rate / 2
-    top = 2595.0 * math.log10(1.0 + nyq / 700.0)
-    mel_pts = torch.linspace(0.0, top, m + 2, dtype=torch.float64)
-    centres = 700.0 * (10.0 ** (mel_pts[1:-1] / 2595.0) - 1.0)
+    mel_pts = torch.linspace(0.0, hz_to_mel_htk(nyq), m + 2, dtype=torch.float64)
+    centres = mel_to_hz_htk(mel_pts[1:-1])
     source = vtlp_frequencies(centres, 1.0 / alpha, nyq)                       # (B, M) Hz
-    idx = (2595.0 * torch.log10(1.0 + source / 700.0) - mel_pts[1]) / (mel_pts[2] - mel_pts[1])
+    idx = (hz_to_mel_htk(source) - mel_pts[1]) / (mel_pts[2] - mel_pts[1])
     idx = idx.clamp(0, m - 1)
     lo = idx.floor().long().clamp(max=m - 2)
     w = (idx - lo).to(logmel.dtype).to(logmel.device)[:, :, None]
