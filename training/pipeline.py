@@ -461,7 +461,7 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
         raise KWSError("--temperature must be positive")
     if not 0.0 < kw["bank_keyword_prob"] < 1.0:
         raise KWSError("--bank-keyword-prob must be between 0 and 1 (exclusive)")
-    if kw.get("kd_similarity", 0.0) < 0:
+    if kw["kd_similarity"] < 0:
         raise KWSError("--kd-similarity must be >= 0")
     if not 0.0 <= kw["prune"] < 1.0:
         raise KWSError("--prune must be in [0, 1)")
@@ -472,7 +472,7 @@ def run_distill(kw: dict, argv: list[str]) -> dict:
     init, init_extra = _init_from(kw["init_path"])
     if isinstance(teacher, EmbeddingKWS):
         return _run_embedding_distill(kw, argv, teacher, parent, corpus, init, init_extra, selection)
-    if kw.get("kd_similarity", 0.0) > 0:
+    if kw["kd_similarity"] > 0:
         raise KWSError("--kd-similarity needs the embedding teacher (a CRNN teacher has no embedding to match)")
     if init is not None:
         model = init.build_model().train()
@@ -511,11 +511,11 @@ def _run_embedding_distill(kw: dict, argv: list[str], teacher: EmbeddingKWS, par
         f"({0 if phrases is None else len(phrases)} phrase clips in the pool) ...")
     bank = build_bank(model.config, teacher, train, phrases, corpus.noises, augmenter, kw["bank_sequences"],
                       kw["seq_seconds"], kw["seed"], keyword_prob=kw["bank_keyword_prob"], log=log,
-                      keep_embeddings=kw.get("kd_similarity", 0.0) > 0)
+                      keep_embeddings=kw["kd_similarity"] > 0)
     log(f"student: sequence bank ready in {time.perf_counter() - t0:.0f} s")
     objective = EmbeddingStreamKD(train, corpus.noises, augmenter, bank, warmup,
                                   kw["sequences"], kw["clip_weight"], kw["alpha"], kw["val_minutes"],
-                                  similarity_weight=kw.get("kd_similarity", 0.0))
+                                  similarity_weight=kw["kd_similarity"])
     opts = train_options(kw)
     extra = {"parent_teacher": parent, **init_extra}
     return train_and_save(model, objective, corpus, opts, augmenter, kw, argv, "student", extra, selection)
