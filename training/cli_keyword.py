@@ -29,11 +29,14 @@ from training.cli_train import CONTEXT
 @click.option("--engines", default="auto", show_default=True, metavar="LIST",
               help="Voices of the corpus: comma-separated engines (espeak, flite, piper, hibari), or auto: espeak and "
                    "flite plus Piper and hibari when the [neural] extra is installed.")
+@click.option("--kd-similarity", type=float, default=0.0, show_default=True, metavar="WEIGHT",
+              help="Student: also keep the similarity structure of the teacher's embedding in the student's GRU output "
+                   "(kws-train distill --kd-similarity; 0: off).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the per-stage lines stay).")
 @click.option("--sizes", type=click.Choice(["tiny"]), default=None, hidden=True,
               help="Testing preset: every stage runs for real on a tiny corpus and model (seconds).")
 def keyword(text: str, out: Path, minutes: float, student: str, resume: bool, real: Path | None, no_real: bool,
-            no_progress: bool, sizes: str | None, engines: str, negatives: Path | None) -> None:
+            no_progress: bool, sizes: str | None, engines: str, negatives: Path | None, kd_similarity: float) -> None:
     """Train a detector for TEXT (any English word or phrase, e.g. "computer" or "hey nova")
     from synthetic speech only, and export it for a Raspberry Pi.
 
@@ -48,11 +51,11 @@ def keyword(text: str, out: Path, minutes: float, student: str, resume: bool, re
     from training.keyword import run_keyword
 
     ctx = click.get_current_context()
-    explicit = {n for n in ("minutes", "student", "sizes", "engines")
+    explicit = {n for n in ("minutes", "student", "sizes", "engines", "kd_similarity")
                 if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
     run_keyword(text, out, minutes, student, resume, progress=not no_progress, sizes=sizes,
                 real=str(real) if real is not None else None, no_real=no_real, explicit=explicit, engines=engines,
-                negatives=str(negatives) if negatives is not None else None)
+                negatives=str(negatives) if negatives is not None else None, kd_similarity=kd_similarity)
 
 
 COMMANDS = [keyword]

@@ -121,6 +121,7 @@ class Plan:
     val_minutes: float = 5.0
     eval_minutes: float = 15.0
     student_arch: dict | None = None
+    kd_similarity: float = 0.0         # distill --kd-similarity (0: off, the recipe)
     # verification and demo
     verify_seconds: float = 30.0
     demo_seed: int = 0
@@ -294,7 +295,8 @@ def describe_plan(plan: Plan, real: bool, negatives: Path | None = None) -> list
         f"teacher{t_est}: speech embedding + head, {plan.views} views per clip, L-BFGS head ({plan.teacher_iterations} iterations)",
         f"student{s_est}: {plan.student} (channels {arch.get('channels')}, hidden {arch.get('hidden')}, "
         f"{arch.get('gru_layers')} GRU layer, stride {tuple(arch.get('stride', ()))}), bank of {plan.bank_sequences} x "
-        f"{plan.seq_seconds:g} s sequences, {plan.epochs} epochs of {plan.epoch_size} clips",
+        f"{plan.seq_seconds:g} s sequences, {plan.epochs} epochs of {plan.epoch_size} clips"
+        + (f", similarity KD weight {plan.kd_similarity:g}" if plan.kd_similarity > 0 else ""),
         "real speech: " + ("measured on the dev set" if real else "not measured") + "; thresholds chosen on "
         + (f"the real recordings without the keyword in {negatives}" if negatives
            else "the dev set's stream" if real else "synthetic speech")
@@ -472,6 +474,7 @@ def stage_student(run: Run) -> dict:
             "--hidden", a["hidden"], "--channels", a["channels"], "--gru-layers", a["gru_layers"],
             "--stride", a["stride"][0], a["stride"][1], "--epoch-size", p.epoch_size, "--batch-size", p.batch_size,
             "--val-minutes", p.val_minutes, "--eval-minutes", p.eval_minutes, "--setting", f"student ({p.student})",
+            *(["--kd-similarity", p.kd_similarity] if p.kd_similarity > 0 else []),
             *box, *_selection(run), *run.train_args(), *(["--resume"] if resume else [])]
     if resume:
         _say(run, "student: continuing the interrupted distillation from its last finished epoch")
@@ -863,7 +866,8 @@ def real_seconds(plan: "Plan", real: bool, negatives: bool) -> float:
 
 def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool, progress: bool = True,
                 sizes: str | None = None, real: str | None = None, no_real: bool = False,
-                explicit: set | None = None, engines: str = "auto", negatives: str | None = None) -> dict:
+                explicit: set | None = None, engines: str = "auto", negatives: str | None = None,
+                kd_similarity: float = 0.0) -> dict:
     explicit = explicit or set()
     keyword = normalise_keyword(text)
     from training.synth import check_keyword, slug
@@ -887,12 +891,17 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
             raise KWSError(f"{out}: was started with {'--sizes ' + old.preset if old.preset else 'no --sizes'}")
         if "engines" in explicit and engines != "auto" and resolve_engines(engines, old.preset) != old.engines:
             raise KWSError(f"{out}: was started with --engines {','.join(old.engines)}; resume it with the same voices")
+        if "kd_similarity" in explicit and old.kd_similarity != kd_similarity:
+            raise KWSError(f"{out}: was started with --kd-similarity {old.kd_similarity:g}; resume it with the same weight")
+    if not kd_similarity >= 0:
+        raise KWSError("--kd-similarity must be >= 0")
     check_keyword(keyword)  # espeak-ng can say it (one line otherwise), before anything is written
     real_dir, real_note = real_source(keyword, real, no_real)
     negatives_dir = negatives_source(keyword, negatives, real, no_real, real_dir)
     if state is None:
         plan = make_plan(minutes, student, sizes, real=real_dir is not None, engines=resolve_engines(engines, sizes),
                          negatives=negatives_dir is not None)
+        plan.kd_similarity = float(kd_similarity)
         state = {"version": STATE_VERSION, "keyword": keyword, "budget_minutes": minutes, "plan": plan.to_dict(),
                  "stages": {}, "elapsed_s": 0.0,
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -904,6 +913,7 @@ def run_keyword(text: str, out: Path, minutes: float, student: str, resume: bool
             _say_plain(f"resuming with the budget it was planned for ({plan.minutes:g} min), not {minutes:g}")
     state["command"] = shlex.join(["kws-train", "keyword", keyword, "--out", str(out), "--minutes", f"{plan.minutes:g}",
                                    "--student", plan.student, "--engines", ",".join(plan.engines),
+                                   *(["--kd-similarity", f"{plan.kd_similarity:g}"] if plan.kd_similarity > 0 else []),
                                    *(["--sizes", plan.preset] if plan.preset else [])])
     state["real"] = {"dir": str(real_dir) if real_dir else None, "note": real_note,
                      "negatives": str(negatives_dir) if negatives_dir else None}
