@@ -429,3 +429,41 @@ def test_bad_negatives_folder_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "negatives folder not found" in err
     assert not out.exists()
+
+
+def test_kd_similarity_reaches_the_student_stage_and_resume_keeps_it(finished, tmp_path, monkeypatch, capsys):
+    """--kd-similarity W is part of the plan: the student stage passes it to distill, the
+    recorded command shows it, and a resume with another weight is refused in one line."""
+    import training.keyword as kw
+
+    out = finished["out"]
+    before = state_of(out)
+    assert before["plan"]["kd_similarity"] == 0.0 and "--kd-similarity" not in before["command"]
+    assert "--kd-similarity" not in before["stages"]["student"]["argv"]  # off by default
+    assert kws_train("keyword", KEYWORD, "--out", out, "--resume", "--kd-similarity", "0.1", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--kd-similarity 0" in err
+    assert state_of(out) == before
+    assert kws_train("keyword", KEYWORD, "--out", tmp_path / "neg", "--kd-similarity", "-0.1", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--kd-similarity must be >= 0" in err and not (tmp_path / "neg").exists()
+
+    # the student stage of a plan with the weight (distill itself is not run: its argv is captured)
+    seen = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(self, args):
+        seen.append([str(a) for a in args])
+        raise Captured
+
+    monkeypatch.setattr(kw.Run, "command", capture)
+    plan = kw.Plan.from_dict({**before["plan"], "kd_similarity": 0.1})
+    run = kw.Run(tmp_path / "run", KEYWORD, plan, {"stages": {}}, False, None, "", time.monotonic(), 0.0)
+    monkeypatch.setattr(kw, "write_state", lambda *a: None)
+    with pytest.raises(Captured):
+        kw.stage_student(run)
+    argv = seen[0]
+    assert argv[0] == "distill" and argv[argv.index("--kd-similarity") + 1] == "0.1"
+    assert "similarity KD weight 0.1" in " ".join(kw.describe_plan(plan, real=False))
