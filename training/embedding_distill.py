@@ -151,7 +151,7 @@ class EmbeddingStreamKD(StreamingObjective):
         audio = self.bank.audio[pick].to(device)
         target, mask, teacher = (self.bank.targets[pick].to(device), self.bank.masks[pick].to(device),
                                  self.bank.teacher[pick].to(device))
-        probs, outs = self.student_stream(model, audio, generator, with_outputs=True)
+        probs, outs = self.student_stream_outputs(model, audio, generator)
         steps = min(probs.shape[1], target.shape[1])
         probs, target, mask, teacher = probs[:, :steps], target[:, :steps], mask[:, :steps], teacher[:, :steps]
         bce = nn.functional.binary_cross_entropy(probs, target, reduction="none")

@@ -100,14 +100,16 @@ class StreamingObjective(Objective):
             masks.append(m)
         return audio, torch.stack(targets), torch.stack(masks)
 
-    def student_stream(self, model, audio: torch.Tensor, generator, with_outputs: bool = False):
+    def student_stream(self, model, audio: torch.Tensor, generator) -> torch.Tensor:
         """The student's never-reset streaming probabilities over ``audio``, its log-mel
-        through the augmenter's stream features (the VTLP warp when on), clamped for BCE;
-        ``with_outputs``: also its GRU output at every step."""
+        through the augmenter's stream features (the VTLP warp when on), clamped for BCE."""
+        return self.student_stream_outputs(model, audio, generator)[0]
+
+    def student_stream_outputs(self, model, audio: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``student_stream``'s probabilities and the student's GRU output at every step."""
         features = self.augmenter.stream_features(generator) if self.augmenter is not None else None
         probs, outs = model.stream_reference_outputs(audio, mel_transform=features)
-        probs = probs.clamp(1e-6, 1 - 1e-6)
-        return (probs, outs) if with_outputs else probs
+        return probs.clamp(1e-6, 1 - 1e-6), outs
 
     def __call__(self, model, waves, labels, generator):
         logits, _, _ = forward_train(model, waves, self.augmenter, generator)
