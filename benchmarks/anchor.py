@@ -5,6 +5,7 @@
     python benchmarks/anchor.py --keyword alexa --model alexa.stream.onnx [--model ...] [--real DIR]
     python benchmarks/anchor.py --keyword alexa --model M.onnx --no-openwakeword
     python benchmarks/anchor.py --keyword alexa --two-stage student.stream.int8w.onnx teacher.stream.onnx
+    python benchmarks/anchor.py --keyword alexa --model M.onnx --no-openwakeword --gain-db -24   # a quieter stream
 
 The stream is the project's real dev stream (``training/real.py``: every speech clip of both
 folders, shuffled with ``--seed``, back to back, never reset; ~2.07 h).  Each model hears the
@@ -19,6 +20,9 @@ openWakeWord is **not** a project dependency, and its pretrained heads are CC BY
 here only to measure, never shipped.  Install it beside the benchmark only::
 
     pip install --no-deps openwakeword==0.5.1 && pip install scipy scikit-learn tqdm
+
+``--gain-db G`` scales the whole stream by G dB before every model (clipped at full scale, as
+an ADC would): how much a model's figures depend on the recording level alone.
 
 The dev set is read from ``../shared/real`` (or ``--real DIR``); it is never copied or trained on.
 Without it the script says so in one line and exits 2.
@@ -138,6 +142,23 @@ class TimedStream:
 
     def flush(self) -> np.ndarray:
         return self._timed(self.scorer.flush)
+
+
+class ScaledStream:
+    """A real stream (``training.real.RealStream``) played ``gain_db`` louder (negative: quieter),
+    clipped to [-1, 1]; everything else (spans, order, length) is the stream's own."""
+
+    def __init__(self, stream, gain_db: float):
+        self.stream = stream
+        self.gain_db = float(gain_db)
+        self.factor = np.float32(10.0 ** (self.gain_db / 20.0))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def pieces(self, dev, piece_samples: int):
+        for x in self.stream.pieces(dev, piece_samples):
+            yield np.clip(x * self.factor, -1.0, 1.0)
 
 
 def openwakeword_model_path(keyword: str, given: str | None) -> Path:
@@ -322,7 +343,8 @@ def tables_md(results: dict) -> str:
             f"{results['load_average_at_start']} (CPU time, not wall time, is measured; one thread).  ",
             f"Stream: {s['clips']:,} real speech clips of `{s['dir']}` (both folders), shuffled with seed {s['seed']} and "
             f"played back to back without reset: {s['hours']:.2f} h, {s['keywords']} {results['keyword']!r} clips"
-            + (f" (**a subset**: {s['subset']})" if s.get("subset") else "") + ".  "
+            + (f" (**a subset**: {s['subset']})" if s.get("subset") else "")
+            + (f", **played {s['gain_db']:+g} dB** (scaled, clipped at full scale)" if s.get("gain_db") else "") + ".  "
             f"A detection is a probability ≥ threshold, then 1 s refractory; a hit lands inside a keyword clip or up to "
             f"1 s after it, any other detection is a false alarm (FA).  Command: `{results['command']}`.",
             "",
@@ -345,7 +367,7 @@ def tables_md(results: dict) -> str:
 # The command ------------------------------------------------------------------------------------------
 def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model: str | None, use_oww: bool,
         seed: int, negatives: int | None, out: str | None, json_out: str | None, command: str,
-        probs_out: str | None = None, two_stage: tuple = ()) -> dict:
+        probs_out: str | None = None, two_stage: tuple = (), gain_db: float = 0.0) -> dict:
     from runtime.detect import DetectError, VerifiedDetector
     from training.real import DetectorStream, build_stream, open_real, slug
 
@@ -367,6 +389,8 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
             check_writable(p)
     if negatives is not None and negatives < 0:
         raise KWSError(f"--negatives must be >= 0, got {negatives}")
+    if not math.isfinite(gain_db) or not -96.0 <= gain_db <= 48.0:
+        raise KWSError(f"--gain-db must be between -96 and 48 dB, got {gain_db:g}")
     exports = []
     for p in model_paths:
         scorer = DetectorStream(p)
@@ -386,7 +410,10 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
         indices = np.sort(np.concatenate([np.flatnonzero(dev.labels == 1), pick]))
         subset = f"every keyword clip and {pick.size:,} of the {neg.size:,} other clips"
     stream = build_stream(dev, seed, indices)
-    log(f"stream: {stream.seconds / 3600:.2f} h, {len(stream.spans)} keyword clips")
+    if gain_db != 0.0:
+        stream = ScaledStream(stream, gain_db)
+    log(f"stream: {stream.seconds / 3600:.2f} h, {len(stream.spans)} keyword clips"
+        + (f", played {gain_db:+g} dB" if gain_db else ""))
     import onnxruntime
     from benchmarks.report import machine
 
@@ -446,7 +473,8 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
         "machine": f"{mach['cpu']}, {mach['cores']} cores, Python {mach['python']}, onnxruntime {mach['onnxruntime']}",
         "load_average_at_start": mach["load_average_at_start"], "command": command,
         "stream": {"dir": str(real) if real else "../shared/real", "seed": seed, "clips": int(stream.order.size),
-                   "hours": stream.seconds / 3600, "keywords": len(stream.spans), "subset": subset},
+                   "hours": stream.seconds / 3600, "keywords": len(stream.spans), "subset": subset,
+                   "gain_db": float(gain_db)},
         "models": models,
     }
     md = tables_md(results)
@@ -480,18 +508,21 @@ def run(keyword: str, model_paths: tuple[str, ...], real: str | None, oww_model:
 @click.option("--seed", type=int, default=0, show_default=True, help="Play order of the stream (training/real.py).")
 @click.option("--negatives", type=int, default=None,
               help="A quick run: every keyword clip and only N random other clips (not the dev stream's figures).")
+@click.option("--gain-db", type=float, default=0.0, show_default=True,
+              help="Play the whole stream this many dB louder (negative: quieter), clipped at full scale.")
 @click.option("--out", type=click.Path(), default=None, help="Also write the tables to this markdown file.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write every figure as JSON.")
 @click.option("--save-probs", "probs_out", type=click.Path(), default=None,
               help="Also save every model's per-step probabilities and the keyword spans (.npz).")
-def cli(keyword, models, two_stage, real, oww_model, no_oww, seed, negatives, out, json_out, probs_out) -> None:
+def cli(keyword, models, two_stage, real, oww_model, no_oww, seed, negatives, gain_db, out, json_out, probs_out) -> None:
     """openWakeWord's pretrained model and kws-edge exports, side by side on the real dev stream."""
     argv = sys.argv[1:] if __name__ == "__main__" else []
     if "--save-probs" in argv:  # a scratch output: not part of the command that makes the table
         i = argv.index("--save-probs")
         argv = argv[:i] + argv[i + 2:]
     command = "python benchmarks/anchor.py " + " ".join(argv) if argv else "python benchmarks/anchor.py"
-    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out, two_stage)
+    run(keyword, models, real, oww_model, not no_oww, seed, negatives, out, json_out, command, probs_out, two_stage,
+        gain_db)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,3 +200,25 @@ def test_two_stage_pair_is_timed_as_it_runs(tmp_path):
     assert one["costs"]["macs_per_second"] < pair["costs"]["macs_per_second"] <= \
         one["costs"]["macs_per_second"] + two["costs"]["macs_per_second"] * max(1.0, pair["verifier_step_share"])
     assert pair["cpu_per_audio_s"] > 0
+
+
+def test_gain_db_plays_the_same_stream_quieter(tmp_path, capsys):
+    """--gain-db G: every model hears the stream scaled by G dB and clipped at full scale;
+    the spans and the length stay the stream's own.  The fake model fires on loud chunks:
+    the tones (mean |x| ~10,400 of 32,768) stop firing 12 dB down (~2,600 < 3,000)."""
+    from training.real import build_stream, open_real
+
+    _tiny_dev_set(tmp_path)
+    dev = open_real(tmp_path, "alexa").load()
+    stream = build_stream(dev, seed=0)
+    quiet, loud = anchor.ScaledStream(stream, -12.0), anchor.ScaledStream(stream, 40.0)
+    assert quiet.spans == stream.spans and quiet.samples == stream.samples and quiet.seconds == stream.seconds
+    for a, b, c in zip(stream.pieces(dev, 7000), quiet.pieces(dev, 7000), loud.pieces(dev, 7000)):
+        assert np.allclose(b, a * 10 ** (-12 / 20), atol=1e-7) and np.abs(c).max() <= 1.0
+    as_is = anchor.model_figures(anchor.score_stream(dev, stream, anchor.OpenWakeWordStream(FakeOWW()))[0], stream, 0.08, 0.5)
+    down = anchor.model_figures(anchor.score_stream(dev, quiet, anchor.OpenWakeWordStream(FakeOWW()))[0], quiet, 0.08, 0.5)
+    assert as_is["own"]["hits"] == 4 and down["own"]["hits"] == 0 and down["keywords"] == 4
+    rc = anchor.main(["--keyword", "alexa", "--no-openwakeword", "--model", str(ROOT / "exported" / "student.stream.onnx"),
+                      "--real", str(tmp_path), "--gain-db", "-200"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--gain-db must be between -96 and 48 dB" in err[0]
