@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,11 @@ class CRNNConfig:
     ``kernel`` and ``stride`` are (mel, time), as in the seminar's Conv2d over a
     (batch, 1, n_mels, frames) input.  ``window_ms`` is the clip length the model was
     trained on; streaming attends over that many milliseconds of GRU outputs.
+
+    ``level_norm_ms`` > 0 makes the conv see the log-mel minus its per-bin level, so a
+    recording's gain (a constant shift of every log-mel bin) does not reach the network:
+    streaming subtracts a running mean with that time constant (a state), a clip on its own
+    subtracts its mean over frames.  0 (the seminar) feeds the log-mel as it is.
     """
 
     n_mels: int = 40
@@ -31,6 +37,7 @@ class CRNNConfig:
     hop: int = 160
     dropout: float = 0.1
     num_classes: int = 2
+    level_norm_ms: int = 0
 
     def __post_init__(self) -> None:
         # Accept lists (JSON, torch.load) but store tuples so configs hash and compare.
@@ -44,6 +51,8 @@ class CRNNConfig:
         for name in ("n_mels", "channels", "hidden", "gru_layers", "sample_rate", "n_fft", "hop", "window_ms"):
             if int(getattr(self, name)) <= 0:
                 problems.append(f"{name} must be positive")
+        if int(self.level_norm_ms) < 0:
+            problems.append("level_norm_ms must be 0 (off) or positive")
         if problems:
             raise KWSError("invalid model config: " + "; ".join(problems))
 
@@ -67,6 +76,11 @@ class CRNNConfig:
         return self.clip_samples // self.hop + 1
 
     @property
+    def level_rate(self) -> float:
+        """Weight of the newest frame in the running per-bin level: 1 - exp(-hop / tau)."""
+        return 1.0 - math.exp(-1000.0 * self.hop / (self.sample_rate * self.level_norm_ms)) if self.level_norm_ms else 0.0
+
+    @property
     def clip_steps(self) -> int:
         """Conv time steps produced offline by one clip (11 for the seminar config)."""
         return (self.clip_frames - self.kernel[1]) // self.stride[1] + 1
@@ -76,6 +90,8 @@ class CRNNConfig:
         d = dataclasses.asdict(self)
         d["kernel"] = list(self.kernel)
         d["stride"] = list(self.stride)
+        if not self.level_norm_ms:
+            del d["level_norm_ms"]  # off: the dict (checkpoints, model cards) is the seminar's as before
         return d
 
     @classmethod

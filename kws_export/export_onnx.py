@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import helper
 
-from kws_export import onnx_graph
+from kws_export import onnx_graph, streaming
 from kws_export.card import card_data, card_metrics
 from kws_export.checkpoint import Checkpoint
 from kws_export.config import CRNNConfig
@@ -131,6 +131,8 @@ def build_streaming(model: CRNN, layout: StreamLayout, feat_quant: tuple[float, 
     buf = g.op("Concat", state["audio_tail"], audio, axis=1)
     nxt["audio_tail"] = g.op("Slice", buf, g.i64(layout.chunk_samples), g.i64(buf_len), g.i64(1))
     mel = onnx_graph.logmel(g, buf, buf_len, cfg.n_fft, cfg.hop, mel_edges(cfg), cfg.sample_rate)
+    if spec.level:
+        mel, nxt["mel_level"] = _level_block(g, mel, state["mel_level"], cfg.level_rate, k * spec.frames_per_step)
     g.tag = "n"
 
     # Conv columns over the mel tail + new frames.
@@ -178,6 +180,16 @@ def build_streaming(model: CRNN, layout: StreamLayout, feat_quant: tuple[float, 
     for name, shape in shapes.items():
         g.output(f"{name}_next", list(shape), nxt[name])
     return g.model("kws-edge streaming step: see docs/streaming.md")
+
+
+def _level_block(g: Graph, mel: str, level: str, rate: float, frames: int) -> tuple[str, str]:
+    """``streaming.level_block`` over the call's ``frames`` new frames: the same K and d,
+    computed by the same torch code, as constants (float32, like the rest of the frontend)."""
+    k, d = streaming.level_kernels(torch.tensor(rate, dtype=torch.float32), frames)
+    levels = g.op("Add", g.op("MatMul", mel, g.const(_np(k.t().contiguous()), name="level_kt")),
+                  g.op("Mul", g.op("Unsqueeze", level, g.i64(2)), g.const(_np(d), name="level_d")))  # [1, M, F]
+    last = g.op("Squeeze", g.op("Slice", levels, g.i64(frames - 1), g.i64(frames), g.i64(2)), g.i64(2))
+    return g.op("Sub", mel, levels), last
 
 
 def _gru_cell(g: Graph, x: str, h: str, wi: str, wh: str, bi: str, bh: str, hidden: int,
@@ -246,6 +258,9 @@ def build_offline(model: CRNN) -> onnx.ModelProto:
     padded = g.op("Pad", padded, g.op("Concat", g.i64(0, 0, 0), extra, axis=0))
     frames = g.op("Add", g.op("Div", samples, g.i64(cfg.hop)), g.i64(1))
     mel = onnx_graph.logmel(g, padded, None, cfg.n_fft, cfg.hop, mel_edges(cfg), cfg.sample_rate, frames=frames)
+    if cfg.level_norm_ms > 0:  # streaming.level_clip: minus the clip's per-bin mean over frames
+        total = g.op("ReduceSum", mel, g.i64(2), keepdims=1)
+        mel = g.op("Sub", mel, g.op("Div", total, g.op("Cast", frames, to=onnx.TensorProto.FLOAT)))
     g.tag = "n"
 
     conv = g.op("Conv", g.op("Unsqueeze", mel, g.i64(1)), wt.conv_w, wt.conv_b,

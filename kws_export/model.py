@@ -56,10 +56,15 @@ class CRNN(nn.Module):
         """(batch, n_mels, frames) -> (batch, steps, channels * conv_freq)."""
         return self.conv(logmel.unsqueeze(1)).transpose(-1, -2)
 
+    def level(self, logmel: torch.Tensor) -> torch.Tensor:
+        """A clip's log-mel as the conv sees it: minus its per-bin mean when the config
+        levels its input (``CRNNConfig.level_norm_ms``), else unchanged."""
+        return streaming.level_clip(logmel) if self.config.level_norm_ms > 0 else logmel
+
     def forward_features(self, logmel: torch.Tensor, return_attention: bool = False):
         """Seminar ``CRNN.forward``: log-mel in, class logits out (optionally the
         attention distribution too, for attention distillation)."""
-        gru_out, _ = self.gru(self.conv_features(logmel))
+        gru_out, _ = self.gru(self.conv_features(self.level(logmel)))
         context, alpha = self.attention(gru_out)
         logits = self.classifier(context)
         return (logits, alpha) if return_attention else logits

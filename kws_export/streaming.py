@@ -2,7 +2,7 @@
 
 A step consumes ``stride_t * hop`` samples per conv step and carries four kinds of
 state: the audio tail (framing), the mel tail (conv), the GRU hidden state and the
-attention ring.  Every function below takes tensors, not modules, so the TorchScript
+attention ring (and the running log-mel level when the config levels its input).  Every function below takes tensors, not modules, so the TorchScript
 exporter scripts them unchanged; ``CRNN.init_state/step/stream_reference`` are thin
 wrappers that pass the model's own parameters (``params(model)``).
 
@@ -53,6 +53,7 @@ class StreamSpec:
     sample_rate: int
     hop: int
     n_fft: int
+    level: bool = False    # a running per-bin log-mel level is subtracted (CRNNConfig.level_norm_ms)
 
     @property
     def prefix_samples(self) -> int:
@@ -69,6 +70,8 @@ class StreamSpec:
             "audio_tail": (batch, self.audio_tail),
             "mel_tail": (batch, self.n_mels, self.mel_tail),
         }
+        if self.level:
+            shapes["mel_level"] = (batch, self.n_mels)
         for layer in range(self.gru_layers):
             shapes["gru_h" + str(layer)] = (batch, self.hidden)
         shapes["att_out"] = (batch, self.window_steps, self.hidden)
@@ -78,6 +81,10 @@ class StreamSpec:
     def state_inits(self) -> Dict[str, float]:
         inits = {name: 0.0 for name in self.state_shapes()}
         inits["mel_tail"] = SILENCE_LOGMEL
+        if self.level:
+            # silence heard against a level of silence: the tail holds levelled zeros
+            inits["mel_tail"] = 0.0
+            inits["mel_level"] = SILENCE_LOGMEL
         inits["att_energy"] = ENERGY_FILL
         return inits
 
@@ -103,7 +110,8 @@ def stream_spec(config: CRNNConfig, window_ms: float | None = None) -> StreamSpe
             raise KWSError(f"window must be positive, got {window_ms} ms")
         window = max(1, int(round(window_ms * config.sample_rate / 1000.0 / step)))
     return StreamSpec(step, config.n_fft - config.hop, kt - st, st, window, config.n_mels,
-                      config.hidden, config.gru_layers, config.sample_rate, config.hop, config.n_fft)
+                      config.hidden, config.gru_layers, config.sample_rate, config.hop, config.n_fft,
+                      config.level_norm_ms > 0)
 
 
 def init_state(spec: StreamSpec, batch: int = 1) -> Dict[str, Tensor]:
@@ -121,6 +129,8 @@ def params(model: nn.Module) -> Dict[str, Tensor]:
     cfg = model.config
     for name, value in dft_kernels(cfg.n_fft, cfg.hop, model.frontend.fb).items():
         p[name] = value.to(model.frontend.fb.device)
+    if cfg.level_norm_ms > 0:
+        p["level.rate"] = torch.tensor(cfg.level_rate, dtype=torch.float32, device=model.frontend.fb.device)
     return p
 
 
@@ -210,6 +220,42 @@ def logmel(frames: Tensor, window: Tensor, fb: Tensor) -> Tensor:
     return torch.log(torch.matmul(power, fb).clamp(1e-9, 1e9)).transpose(-1, -2)
 
 
+# Level normalisation (CRNNConfig.level_norm_ms) -------------------------------------------
+def level_kernels(rate: Tensor, frames: int) -> Tuple[Tensor, Tensor]:
+    """The running level over ``frames`` new frames as one product: with a the rate,
+    level_j = sum_{i<=j} a (1-a)^(j-i) x_i + (1-a)^(j+1) level_before, so
+    levels = x @ K.T + level_before * d with K[j, i] = a (1-a)^(j-i) (i <= j) and
+    d[j] = (1-a)^(j+1).  The exported step bakes the same K and d in as constants."""
+    j = torch.arange(frames, device=rate.device)
+    lag = j.unsqueeze(1) - j.unsqueeze(0)
+    keep = 1.0 - rate
+    k = torch.where(lag >= 0, rate * keep ** lag.clamp(min=0).to(rate.dtype), torch.zeros_like(rate))
+    return k, keep ** (j + 1).to(rate.dtype)
+
+
+def level_block(mel: Tensor, level: Tensor, rate: Tensor) -> Tuple[Tensor, Tensor]:
+    """(batch, n_mels, F) log-mel and the (batch, n_mels) level before it -> the log-mel
+    minus the running level at each frame (the frame itself included) and the new level."""
+    k, d = level_kernels(rate, mel.shape[-1])
+    levels = torch.matmul(mel, k.t()) + level.unsqueeze(-1) * d
+    return mel - levels, levels[:, :, -1]
+
+
+def level_stream(mel: Tensor, level: Tensor, rate: Tensor, block: int = 64) -> Tensor:
+    """Offline twin over a whole stream: ``level_block`` on blocks of ``block`` frames in
+    turn (one product per block keeps the powers of 1 - a far from underflow)."""
+    out: List[Tensor] = []
+    for start in range(0, mel.shape[-1], block):
+        levelled, level = level_block(mel[:, :, start:start + block], level, rate)
+        out.append(levelled)
+    return torch.cat(out, dim=-1) if out else mel
+
+
+def level_clip(mel: Tensor) -> Tensor:
+    """A clip on its own (the offline model): the log-mel minus its per-bin mean over frames."""
+    return mel - mel.mean(dim=-1, keepdim=True)
+
+
 # Conv column -----------------------------------------------------------------------------
 def conv_features(mel: Tensor, weight: Tensor, bias: Tensor, stride: List[int]) -> Tensor:
     """(batch, n_mels, frames) -> (batch, steps, channels*conv_freq), seminar flatten order."""
@@ -292,6 +338,8 @@ def step(chunk: Tensor, state: Dict[str, Tensor], p: Dict[str, Tensor], n_fft: i
     new = state.copy()  # the caller's dict and tensors are left as they were
     buffer, new["audio_tail"] = chunk_buffer(state["audio_tail"], chunk)
     mel = logmel_buffer(buffer, p["dft.w1"], p["dft.t2"], p["dft.fb"], hop)
+    if "level.rate" in p:
+        mel, new["mel_level"] = level_block(mel, state["mel_level"], p["level.rate"])
     feats, new["mel_tail"] = conv_columns(state["mel_tail"], mel, p["conv.0.weight"], p["conv.0.bias"], stride)
     probs: List[Tensor] = []
     for t in range(feats.shape[1]):
@@ -322,6 +370,8 @@ def reference_outputs(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: St
     mel = logmel_buffer(stream_buffer(audio, spec.prefix_samples), p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
     if mel_transform is not None:
         mel = mel_transform(mel)
+    if "level.rate" in p:
+        mel = level_stream(mel, mel.new_full(mel.shape[:2], SILENCE_LOGMEL), p["level.rate"])
     outs, _ = gru(conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], stride))
     context = window_context(outs, attention_energy(outs, p), spec.window_steps)
     return keyword_prob(context, p), outs

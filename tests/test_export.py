@@ -48,7 +48,11 @@ def tiny(tmp_path_factory):
     return d, model
 
 
-@pytest.mark.parametrize("cfg", [CRNNConfig(), CRNNConfig(channels=2, hidden=8, gru_layers=1)], ids=["seminar", "tiny"])
+LEVELLED = CRNNConfig(channels=2, hidden=8, gru_layers=1, level_norm_ms=800)
+
+
+@pytest.mark.parametrize("cfg", [CRNNConfig(), CRNNConfig(channels=2, hidden=8, gru_layers=1), LEVELLED],
+                         ids=["seminar", "tiny", "levelled"])
 @pytest.mark.parametrize("chunk_ms", [None, 240])
 def test_streaming_onnx_equals_pytorch_step(tmp_path, cfg, chunk_ms):
     model = make_ckpt(tmp_path / "m.pt", cfg, seed=1)
@@ -103,6 +107,35 @@ def test_offline_onnx_equals_pytorch_dynamic_shapes(tiny):
         assert got.shape == (batch,)
         assert np.abs(got - want).max() <= 1e-5
     assert kws_metadata(onnx.load(str(d / "tiny.onnx")))["kws.graph"] == "offline"
+
+
+def test_levelled_model_exports_offline_torchscript_and_stream(tmp_path):
+    """A levelled model (CRNNConfig.level_norm_ms) through every export: the offline graphs
+    subtract the clip's per-bin mean, the streaming ones carry the running level as state."""
+    model = make_ckpt(tmp_path / "m.pt", LEVELLED, seed=2)
+    export_onnx_file(tmp_path / "m.pt", tmp_path / "m.onnx")
+    export_torchscript(model, tmp_path / "m.ts")
+    export_torchscript(model, tmp_path / "s.ts", streaming_mode=True)
+    x = signal(1.3, seed=3, batch=2)
+    with torch.no_grad():
+        want = model.keyword_prob(x)
+        assert torch.equal(torch.jit.load(str(tmp_path / "m.ts"))(x), want)
+        got = session(tmp_path / "m.onnx").run(["prob"], {"audio": x.numpy()})[0]
+        assert np.abs(got - want.numpy()).max() <= 1e-5
+        # the clip model does not hear the gain either
+        assert np.abs(session(tmp_path / "m.onnx").run(["prob"], {"audio": 3 * x.numpy()})[0] - got).max() <= 1e-5
+        module = load_torchscript(tmp_path / "s.ts")
+        state = module.init_state(1)
+        assert state["mel_level"].shape == (1, 40)
+        audio = signal(4.0, seed=4)
+        steps = []
+        for t in range(0, 30, 3):
+            p, state = module.step(audio[:, t * 1280:(t + 3) * 1280], state)
+            steps.append(p)
+        assert (torch.cat(steps, 1) - model.stream_reference(audio)[:, :30]).abs().max() <= 1e-5
+    export_onnx_file(tmp_path / "m.pt", tmp_path / "m.stream.onnx", streaming=True)
+    states = {s["name"]: s for s in kws_metadata(onnx.load(str(tmp_path / "m.stream.onnx")))["kws.states"]}
+    assert states["mel_level"]["shape"] == [1, 40] and states["mel_tail"]["init"] == 0.0
 
 
 def test_course_torchscript_to_onnx(tmp_path):

@@ -100,18 +100,24 @@ def agreement_outside_margin(ref: np.ndarray, got: np.ndarray, threshold: float 
     return float(np.mean((ref[clear] >= threshold) == (got[clear] >= threshold)))
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """A small streaming CRNN fitted on synthesized speech (about ten seconds of CPU)."""
-    d = tmp_path_factory.mktemp("fitted")
-    torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread limit
-    kw, neg = utterances(lambda n: range(0, n, max(1, n // 24))[:24], seed=0, n_kw=24, n_neg=48)
+def training_speech():
+    return utterances(lambda n: range(0, n, max(1, n // 24))[:24], seed=0, n_kw=24, n_neg=48)
+
+
+def held_out_stream(seconds: float = 120.0):
+    """Other voices, other seeds than training (and than calibration's default)."""
+    kw2, neg2 = utterances(lambda n: range(n // 48, n, max(1, n // 20))[:20], seed=1, n_kw=16, n_neg=32)
+    return make_stream(kw2, neg2, seconds, seed=123)
+
+
+def fit(cfg: CRNNConfig, kw, neg, steps: int = 300) -> CRNN:
+    """The streaming loss on 3 s streams of the utterances, ``steps`` Adam steps."""
     torch.manual_seed(0)
-    model = CRNN(CRNNConfig(channels=4, hidden=16, gru_layers=1))
+    model = CRNN(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=300)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=steps)
     rng = np.random.default_rng(0)
-    for _ in range(300):
+    for _ in range(steps):
         xs, ys = zip(*[make_stream(kw, neg, 3.0, int(rng.integers(1 << 30))) for _ in range(8)])
         y = torch.from_numpy(np.stack([step_labels(e, 3 * SR // STEP) for e in ys]))
         p = model.stream_reference(torch.from_numpy(np.stack(xs))).clamp(1e-6, 1 - 1e-6)
@@ -120,11 +126,17 @@ def fitted(tmp_path_factory):
         loss.backward()
         opt.step()
         schedule.step()
-    model.eval()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A small streaming CRNN fitted on synthesized speech (about ten seconds of CPU)."""
+    d = tmp_path_factory.mktemp("fitted")
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread limit
+    model = fit(CRNNConfig(channels=4, hidden=16, gru_layers=1), *training_speech())
     save_checkpoint(d / "fit.pt", model, {"threshold": 0.5})
-    # held out: other voices, other seeds than training (and than calibration's default)
-    kw2, neg2 = utterances(lambda n: range(n // 48, n, max(1, n // 20))[:20], seed=1, n_kw=16, n_neg=32)
-    audio, ends = make_stream(kw2, neg2, 120.0, seed=123)
+    audio, ends = held_out_stream()
     export_onnx_file(d / "fit.pt", d / "fit.stream.onnx", streaming=True)
     export_onnx_file(d / "fit.pt", d / "fit.stream.int8.onnx", streaming=True, int8=True, speech=SYNTHESIZED)
     return d, model, audio, ends
@@ -396,3 +408,36 @@ def test_verify_aligns_multi_step_exports_stream_by_stream(fitted, tmp_path):
     assert len(report["pairs"]) == 3 and all(p["outputs"] > 0 for p in report["pairs"])
     pairs = {(p["a"], p["b"]): p for p in report["pairs"]}
     assert pairs[("torch", "fit.stream.onnx")]["max_abs_diff"] <= 1e-5
+
+
+def test_levelled_model_quantizes_and_runs_in_the_runtime(tmp_path):
+    """A model that levels its input (CRNNConfig.level_norm_ms) keeps the parity figures in
+    both int8 variants, and runtime/detect.py runs all three files with its running level
+    as one more state, exactly as the PyTorch step."""
+    from runtime.detect import Detector
+
+    torch.set_num_threads(1)
+    model = fit(CRNNConfig(channels=4, hidden=16, gru_layers=1, level_norm_ms=300), *training_speech())
+    save_checkpoint(tmp_path / "lv.pt", model, {"threshold": 0.5})
+    audio, ends = held_out_stream(60.0)
+    with torch.no_grad():
+        want = model.stream_reference(torch.from_numpy(audio)[None])[0].numpy()
+    assert ((want >= 0.5) == step_labels(ends, len(want))).mean() > 0.8  # a model that decides
+    files = {"fp32": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.onnx", streaming=True),
+             "int8": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.int8.onnx", streaming=True,
+                                      int8=True, speech=SYNTHESIZED),
+             "int8w": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.int8w.onnx", streaming=True,
+                                       int8=True, int8_mode="weights")}
+    for name, desc in files.items():
+        assert desc["inputs"]["mel_level"] == [1, 40], name
+    for name, path in (("fp32", "lv.stream.onnx"), ("int8", "lv.stream.int8.onnx"), ("int8w", "lv.stream.int8w.onnx")):
+        det = Detector(str(tmp_path / path))
+        det.process(audio)
+        det.flush()
+        got = np.asarray(det.probs)[: len(want)]
+        assert len(got) == len(want)
+        if name == "fp32":
+            assert np.abs(got - want).max() <= 1e-5, name
+        else:
+            assert agreement_outside_margin(want, got) >= INT8_AGREEMENT, name
+            assert np.abs(got - want).max() <= INT8_MAX_DIFF, name

@@ -158,7 +158,9 @@ def test_attention_ring_equals_windowed_attention(window):
         assert (got - (outs[:, lo:t + 1] * alpha.unsqueeze(-1)).sum(1)).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("cfg", [CRNNConfig(), CRNNConfig(channels=2, hidden=8, gru_layers=1)], ids=["seminar", "tiny"])
+@pytest.mark.parametrize("cfg", [CRNNConfig(), CRNNConfig(channels=2, hidden=8, gru_layers=1),
+                                 CRNNConfig(channels=2, hidden=8, gru_layers=1, level_norm_ms=800)],
+                         ids=["seminar", "tiny", "levelled"])
 def test_step_by_step_equals_reference_over_30s(cfg):
     m = model(cfg, seed=1)
     audio = signal(30.0, seed=2)
@@ -239,3 +241,56 @@ def test_bad_chunks_are_one_line_errors(tiny_config):
     for bad in (torch.zeros(1, 1000), torch.zeros(1280), torch.zeros(1, 0)):
         with pytest.raises(KWSError, match="streaming chunk"):
             m.step(bad, m.init_state())
+
+
+# Level normalisation (CRNNConfig.level_norm_ms) ---------------------------------------------
+def running_level(mel: torch.Tensor, level: torch.Tensor, rate: float) -> torch.Tensor:
+    """The definition, one frame at a time: level += a * (x - level); out = x - level."""
+    out = []
+    for t in range(mel.shape[-1]):
+        level = level + rate * (mel[:, :, t] - level)
+        out.append(mel[:, :, t] - level)
+    return torch.stack(out, dim=-1)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_level_blocks_equal_the_frame_by_frame_recurrence(block):
+    cfg = CRNNConfig(level_norm_ms=300)
+    mel = LogMel(cfg)(signal(3.0, seed=6, batch=2), center=False).double()
+    start = torch.full(mel.shape[:2], streaming.SILENCE_LOGMEL, dtype=torch.float64)
+    want = running_level(mel, start, cfg.level_rate)
+    rate = torch.tensor(cfg.level_rate, dtype=torch.float64)
+    assert (streaming.level_stream(mel, start, rate, block=block) - want).abs().max() < 1e-9
+    # the step's one product per call carries its level on exactly
+    levelled, level = streaming.level_block(mel[:, :, :40], start, rate)
+    rest, _ = streaming.level_block(mel[:, :, 40:], level, rate)
+    assert (torch.cat([levelled, rest], -1) - want).abs().max() < 1e-9
+    assert abs(cfg.level_rate - (1 - np.exp(-10 / 300))) < 1e-12
+
+
+def test_levelled_state_starts_as_silence_heard_against_silence():
+    spec = streaming.stream_spec(CRNNConfig(channels=2, hidden=8, gru_layers=1, level_norm_ms=500))
+    state = streaming.init_state(spec, batch=3)
+    assert state["mel_level"].shape == (3, 40) and torch.all(state["mel_level"] == streaming.SILENCE_LOGMEL)
+    assert torch.all(state["mel_tail"] == 0.0)
+    assert "mel_level" not in streaming.init_state(streaming.stream_spec(CRNNConfig()))
+    with pytest.raises(KWSError, match="level_norm_ms"):
+        CRNNConfig(level_norm_ms=-1)
+    assert "level_norm_ms" not in CRNNConfig().to_dict()  # off: the seminar's dict, as before
+    assert CRNNConfig.from_dict(CRNNConfig(level_norm_ms=500).to_dict()).level_norm_ms == 500
+
+
+@pytest.mark.parametrize("gain", [0.05, 4.0])
+def test_a_levelled_model_does_not_hear_the_recording_gain(gain):
+    """A gain is one shift of every log-mel bin; the running level takes it out once it has
+    settled (here after 3 s, 15 time constants; the clamp at silence is the one place it cannot)."""
+    audio = signal(8.0, seed=7) + 1e-3 * torch.randn(1, 8 * SR)  # no bin at the clamp
+    levelled = model(CRNNConfig(channels=2, hidden=8, gru_layers=1, level_norm_ms=200), seed=5)
+    plain = model(CRNNConfig(channels=2, hidden=8, gru_layers=1), seed=5)
+    with torch.no_grad():
+        def moved(m):
+            return (m.stream_reference(audio * gain) - m.stream_reference(audio))[:, 38:].abs().max()
+        assert moved(levelled) < 1e-4
+        assert moved(plain) > 1e-2  # the same weights without the level hear it
+        clip = audio[:, :SR]
+        assert (levelled.keyword_prob(clip * gain) - levelled.keyword_prob(clip)).abs().max() < 1e-5

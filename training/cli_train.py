@@ -174,6 +174,9 @@ def arch_options(defaults: dict):
             click.option("--gru-layers", type=int, default=defaults["gru_layers"], show_default=True),
             click.option("--hidden", type=int, default=defaults["hidden"], show_default=True),
             click.option("--channels", type=int, default=defaults["channels"], show_default=True),
+            click.option("--level-norm-ms", type=click.IntRange(min=0), default=0, show_default=True,
+                         help="Subtract a running per-bin log-mel level with this time constant (ms) before the "
+                              "conv, so the recording's gain does not reach the network (0: off, the seminar)."),
         ]
         for o in opts:
             f = o(f)

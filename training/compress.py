@@ -97,7 +97,7 @@ class Int8SimCRNN(CRNN):
 
     # Offline and streaming paths ---------------------------------------------------------------
     def forward_features(self, logmel: Tensor, return_attention: bool = False):
-        feats = self.conv_features(self._q("mel", logmel))
+        feats = self.conv_features(self._q("mel", self.level(logmel)))
         outs = self._gru(feats)
         alpha = torch.softmax(self._energy(outs), dim=-1)
         logits = self._classify((outs * alpha.unsqueeze(-1)).sum(dim=-2))
@@ -109,6 +109,9 @@ class Int8SimCRNN(CRNN):
         audio = audio[:, : steps * spec.step_samples]
         # uncentred frames after the zero prefix: the streaming frontend, computed with LogMel
         mel = self.frontend(nn.functional.pad(audio, (spec.prefix_samples, 0)), center=False)
+        if spec.level:
+            mel = streaming.level_stream(mel, mel.new_full(mel.shape[:2], streaming.SILENCE_LOGMEL),
+                                         torch.tensor(self.config.level_rate))
         feats = self.conv_features(self._q("mel", mel))
         outs = self._gru(feats)
         context = streaming.window_context(outs, self._energy(outs), spec.window_steps)

@@ -402,7 +402,8 @@ def train_and_save(model: CRNN, objective: Objective, corpus: Corpus, opts: Trai
 # Commands ------------------------------------------------------------------------------------------
 def _arch(kw: dict, keyword: str) -> CRNNConfig:
     return CRNNConfig(channels=kw["channels"], hidden=kw["hidden"], gru_layers=kw["gru_layers"],
-                      kernel=tuple(kw["kernel"]), stride=tuple(kw["stride"]), keyword=keyword)
+                      kernel=tuple(kw["kernel"]), stride=tuple(kw["stride"]), keyword=keyword,
+                      level_norm_ms=kw.get("level_norm_ms", 0))
 
 
 def _setup(kw: dict, keyword: str | None = None) -> Corpus:
