@@ -241,14 +241,15 @@ def level_block(mel: Tensor, level: Tensor, rate: Tensor) -> Tuple[Tensor, Tenso
     return mel - levels, levels[:, :, -1]
 
 
-def level_stream(mel: Tensor, level: Tensor, rate: Tensor, block: int = 64) -> Tensor:
-    """Offline twin over a whole stream: ``level_block`` on blocks of ``block`` frames in
-    turn (one product per block keeps the powers of 1 - a far from underflow)."""
+def level_stream(mel: Tensor, level: Tensor, rate: Tensor, block: int = 64) -> Tuple[Tensor, Tensor]:
+    """``level_block`` over any number of frames, on blocks of ``block`` frames in turn: one
+    (block x block) product each keeps memory flat and the powers of 1 - a far from
+    underflow.  The offline twin of a whole stream, and what the step runs on its chunk."""
     out: List[Tensor] = []
     for start in range(0, mel.shape[-1], block):
         levelled, level = level_block(mel[:, :, start:start + block], level, rate)
         out.append(levelled)
-    return torch.cat(out, dim=-1) if out else mel
+    return (torch.cat(out, dim=-1) if out else mel), level
 
 
 def level_clip(mel: Tensor) -> Tensor:
@@ -339,7 +340,7 @@ def step(chunk: Tensor, state: Dict[str, Tensor], p: Dict[str, Tensor], n_fft: i
     buffer, new["audio_tail"] = chunk_buffer(state["audio_tail"], chunk)
     mel = logmel_buffer(buffer, p["dft.w1"], p["dft.t2"], p["dft.fb"], hop)
     if "level.rate" in p:
-        mel, new["mel_level"] = level_block(mel, state["mel_level"], p["level.rate"])
+        mel, new["mel_level"] = level_stream(mel, state["mel_level"], p["level.rate"])
     feats, new["mel_tail"] = conv_columns(state["mel_tail"], mel, p["conv.0.weight"], p["conv.0.bias"], stride)
     probs: List[Tensor] = []
     for t in range(feats.shape[1]):
@@ -371,7 +372,7 @@ def reference_outputs(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: St
     if mel_transform is not None:
         mel = mel_transform(mel)
     if "level.rate" in p:
-        mel = level_stream(mel, mel.new_full(mel.shape[:2], SILENCE_LOGMEL), p["level.rate"])
+        mel = level_stream(mel, mel.new_full(mel.shape[:2], SILENCE_LOGMEL), p["level.rate"])[0]
     outs, _ = gru(conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], stride))
     context = window_context(outs, attention_energy(outs, p), spec.window_steps)
     return keyword_prob(context, p), outs

@@ -197,9 +197,10 @@ def test_stream_hits_false_alarms_and_sweep(dev_dir):
     assert (patient["at_threshold"]["hits"], patient["at_threshold"]["false_alarms"]) == (3, 2)
 
 
-def test_crnn_streamer_equals_stream_probs_across_pieces():
+@pytest.mark.parametrize("level_ms", [0, 500], ids=["plain", "levelled"])
+def test_crnn_streamer_equals_stream_probs_across_pieces(level_ms):
     torch.manual_seed(0)
-    model = CRNN(CRNNConfig(channels=3, hidden=8, gru_layers=2)).eval()
+    model = CRNN(CRNNConfig(channels=3, hidden=8, gru_layers=2, level_norm_ms=level_ms)).eval()
     x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 8)).astype(np.float32)
     ref = stream_probs(model, x[: x.size // 1280 * 1280])
     s = CRNNStreamer(model)

@@ -260,7 +260,9 @@ def test_level_blocks_equal_the_frame_by_frame_recurrence(block):
     start = torch.full(mel.shape[:2], streaming.SILENCE_LOGMEL, dtype=torch.float64)
     want = running_level(mel, start, cfg.level_rate)
     rate = torch.tensor(cfg.level_rate, dtype=torch.float64)
-    assert (streaming.level_stream(mel, start, rate, block=block) - want).abs().max() < 1e-9
+    levelled, last = streaming.level_stream(mel, start, rate, block=block)
+    assert (levelled - want).abs().max() < 1e-9
+    assert (last - (mel[:, :, -1] - want[:, :, -1])).abs().max() < 1e-9  # the level after the last frame
     # the step's one product per call carries its level on exactly
     levelled, level = streaming.level_block(mel[:, :, :40], start, rate)
     rest, _ = streaming.level_block(mel[:, :, 40:], level, rate)

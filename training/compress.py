@@ -111,7 +111,7 @@ class Int8SimCRNN(CRNN):
         mel = self.frontend(nn.functional.pad(audio, (spec.prefix_samples, 0)), center=False)
         if spec.level:
             mel = streaming.level_stream(mel, mel.new_full(mel.shape[:2], streaming.SILENCE_LOGMEL),
-                                         torch.tensor(self.config.level_rate))
+                                         torch.tensor(self.config.level_rate))[0]
         feats = self.conv_features(self._q("mel", mel))
         outs = self._gru(feats)
         context = streaming.window_context(outs, self._energy(outs), spec.window_steps)

@@ -146,6 +146,9 @@ class CRNNStreamer(PieceStreamer):
         self._h = None
         self._outs = torch.zeros(1, spec.window_steps - 1, spec.hidden, device=self.device)
         self._energy = torch.full((1, spec.window_steps - 1), streaming.ENERGY_FILL, device=self.device)
+        # a levelled model: the running level and the levelled frames the next conv column still needs
+        self._level = torch.full((1, spec.n_mels), streaming.SILENCE_LOGMEL, device=self.device)
+        self._levelled_tail = torch.zeros(1, spec.n_mels, spec.mel_tail, device=self.device)
 
     @torch.no_grad()
     def _steps(self, x: np.ndarray) -> np.ndarray:
@@ -154,6 +157,10 @@ class CRNNStreamer(PieceStreamer):
         buffer = torch.cat([self._tail, audio], dim=1)
         self._tail = buffer[:, buffer.shape[1] - spec.prefix_samples:]
         mel = streaming.logmel_buffer(buffer, p["dft.w1"], p["dft.t2"], p["dft.fb"], spec.hop)
+        if spec.level:  # the buffer's first mel_tail frames were levelled by the previous piece
+            new, self._level = streaming.level_stream(mel[:, :, spec.mel_tail:], self._level, p["level.rate"])
+            mel = torch.cat([self._levelled_tail, new], dim=-1)
+            self._levelled_tail = mel[:, :, mel.shape[-1] - spec.mel_tail:]
         feats = streaming.conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], list(self.model.config.stride))
         outs, self._h = self.model.gru(feats, self._h)
         energy = streaming.attention_energy(outs, p)
