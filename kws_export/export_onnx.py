@@ -258,9 +258,8 @@ def build_offline(model: CRNN) -> onnx.ModelProto:
     padded = g.op("Pad", padded, g.op("Concat", g.i64(0, 0, 0), extra, axis=0))
     frames = g.op("Add", g.op("Div", samples, g.i64(cfg.hop)), g.i64(1))
     mel = onnx_graph.logmel(g, padded, None, cfg.n_fft, cfg.hop, mel_edges(cfg), cfg.sample_rate, frames=frames)
-    if cfg.level_norm_ms > 0:  # streaming.level_clip: minus the clip's per-bin mean over frames
-        total = g.op("ReduceSum", mel, g.i64(2), keepdims=1)
-        mel = g.op("Sub", mel, g.op("Div", total, g.op("Cast", frames, to=onnx.TensorProto.FLOAT)))
+    if cfg.level_norm_ms > 0:
+        mel = _level_clip(g, mel, frames, cfg.level_rate)
     g.tag = "n"
 
     conv = g.op("Conv", g.op("Unsqueeze", mel, g.i64(1)), wt.conv_w, wt.conv_b,
@@ -280,6 +279,23 @@ def build_offline(model: CRNN) -> onnx.ModelProto:
     prob = _keyword_prob(g, wt, context)
     g.output("prob", ["batch"], g.reshape(prob, -1))
     return g.model("kws-edge offline clip model: waveform batch -> P(keyword)")
+
+
+def _level_clip(g: Graph, mel: str, frames: str, rate: float) -> str:
+    """``streaming.level_clip`` for a clip of ``frames`` (dynamic) frames: the level starts
+    at the clip's per-bin mean and runs through it, as one product with the [T, T] matrix
+    K[j, i] = a (1-a)^(j-i) of ``streaming.level_kernels``, built in the graph (T x T floats:
+    the offline graph is for clips, the streaming step for streams)."""
+    t = g.op("Cast", frames, to=onnx.TensorProto.FLOAT)
+    mean = g.op("Div", g.op("ReduceSum", mel, g.i64(2), keepdims=1), t)                     # [B, M, 1]
+    j = g.op("Range", g.const(0.0), g.op("Squeeze", t, g.i64(0)), g.const(1.0))              # [T]
+    lag = g.op("Sub", g.op("Unsqueeze", j, g.i64(1)), g.op("Unsqueeze", j, g.i64(0)))        # [T, T]
+    rate_c, keep = g.const(np.float32(rate)), g.const(np.float32(1.0) - np.float32(rate))
+    k = g.op("Where", g.op("GreaterOrEqual", lag, g.const(0.0)),
+             g.op("Mul", rate_c, g.op("Pow", keep, g.op("Max", lag, g.const(0.0)))), g.const(0.0))
+    d = g.op("Pow", keep, g.op("Add", j, g.const(1.0)))                                      # [T]
+    levels = g.op("Add", g.op("MatMul", mel, g.op("Transpose", k, perm=[1, 0])), g.op("Mul", mean, d))
+    return g.op("Sub", mel, levels)
 
 
 def _zrh(w: torch.Tensor, hidden: int) -> np.ndarray:

@@ -33,6 +33,7 @@ class OfflineProb(nn.Module):
         self.register_buffer("window", model.frontend.window.detach().clone())
         self.register_buffer("fb", model.frontend.fb.detach().clone())
         self.level = model.config.level_norm_ms > 0
+        self.register_buffer("level_rate", torch.tensor(model.config.level_rate, dtype=torch.float32))
         self.conv = model.conv
         self.gru = model.gru
         self.attention = model.attention
@@ -45,7 +46,7 @@ class OfflineProb(nn.Module):
         padded = torch.nn.functional.pad(x.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect").squeeze(1)
         logmel = streaming.logmel(padded.unfold(-1, self.n_fft, self.hop), self.window, self.fb)
         if self.level:
-            logmel = streaming.level_clip(logmel)
+            logmel = streaming.level_clip(logmel, self.level_rate)
         feats = self.conv(logmel.unsqueeze(1)).transpose(-1, -2)
         out, _ = self.gru(feats)
         context, _ = self.attention(out)

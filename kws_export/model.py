@@ -57,9 +57,11 @@ class CRNN(nn.Module):
         return self.conv(logmel.unsqueeze(1)).transpose(-1, -2)
 
     def level(self, logmel: torch.Tensor) -> torch.Tensor:
-        """A clip's log-mel as the conv sees it: minus its per-bin mean when the config
-        levels its input (``CRNNConfig.level_norm_ms``), else unchanged."""
-        return streaming.level_clip(logmel) if self.config.level_norm_ms > 0 else logmel
+        """A clip's log-mel as the conv sees it: levelled when the config levels its input
+        (``CRNNConfig.level_norm_ms``, ``streaming.level_clip``), else unchanged."""
+        if self.config.level_norm_ms <= 0:
+            return logmel
+        return streaming.level_clip(logmel, torch.tensor(self.config.level_rate, device=logmel.device))
 
     def forward_features(self, logmel: torch.Tensor, return_attention: bool = False):
         """Seminar ``CRNN.forward``: log-mel in, class logits out (optionally the

@@ -252,9 +252,11 @@ def level_stream(mel: Tensor, level: Tensor, rate: Tensor, block: int = 64) -> T
     return (torch.cat(out, dim=-1) if out else mel), level
 
 
-def level_clip(mel: Tensor) -> Tensor:
-    """A clip on its own (the offline model): the log-mel minus its per-bin mean over frames."""
-    return mel - mel.mean(dim=-1, keepdim=True)
+def level_clip(mel: Tensor, rate: Tensor) -> Tensor:
+    """A clip on its own (the offline model) has no past to run a level over: the level
+    starts at the clip's per-bin mean over frames and runs through the clip as in a stream,
+    so the clip is levelled as a detector that had been hearing its level would level it."""
+    return level_stream(mel, mel.mean(dim=-1), rate)[0]
 
 
 # Conv column -----------------------------------------------------------------------------

@@ -268,6 +268,10 @@ def test_level_blocks_equal_the_frame_by_frame_recurrence(block):
     rest, _ = streaming.level_block(mel[:, :, 40:], level, rate)
     assert (torch.cat([levelled, rest], -1) - want).abs().max() < 1e-9
     assert abs(cfg.level_rate - (1 - np.exp(-10 / 300))) < 1e-12
+    # a clip alone: the same recurrence, started at the clip's per-bin mean
+    clip = mel[:, :, :101]
+    want_clip = running_level(clip, clip.mean(-1), cfg.level_rate)
+    assert (streaming.level_clip(clip, rate) - want_clip).abs().max() < 1e-9
 
 
 def test_levelled_state_starts_as_silence_heard_against_silence():
