@@ -20,8 +20,8 @@ class CRNNConfig:
 
     ``level_norm_ms`` > 0 makes the conv see the log-mel minus its per-bin level, so a
     recording's gain (a constant shift of every log-mel bin) does not reach the network:
-    streaming subtracts a running mean with that time constant (a state), a clip on its own
-    subtracts its mean over frames.  0 (the seminar) feeds the log-mel as it is.
+    streaming subtracts a running mean with that time constant (a state); a clip on its own
+    starts that mean at its mean over frames.  0 (the seminar) feeds the log-mel as it is.
     """
 
     n_mels: int = 40

@@ -77,6 +77,23 @@ def test_student_distilled_from_the_embedding_teacher(teacher, corpus, tmp_path)
     assert all(np.isfinite(h["train_loss"]) for h in hist)
 
 
+def test_student_with_a_levelled_front_end(teacher, corpus, tmp_path, capsys):
+    """--level-norm-ms reaches the student's config (the stage's streaming evaluation runs it);
+    a negative time constant is one line and exit 2, nothing written."""
+    out = tmp_path / "levelled.pt"
+    assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", out, "--epochs", "1",
+                     "--bank-sequences", "2", "--seq-seconds", "3", "--sequences", "2", "--level-norm-ms", "500",
+                     *TINY, *FAST) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.level_norm_ms == 500 and "mel_level" in ckpt.build_model().init_state()
+    assert np.isfinite(ckpt.metadata["metrics"]["au_fa_fr"])
+    capsys.readouterr()
+    bad = tmp_path / "bad.pt"
+    assert kws_train("distill", "--teacher", teacher, "--data", corpus, "--out", bad, "--level-norm-ms", "-5",
+                     *TINY, *FAST) == 2
+    assert "--level-norm-ms" in capsys.readouterr().err and not bad.exists()
+
+
 def test_bank_holds_the_teachers_streaming_probabilities(teacher, corpus):
     from kws_export.config import CRNNConfig
     from training.embedding_distill import build_bank
