@@ -2,8 +2,9 @@
 
 A step consumes ``stride_t * hop`` samples per conv step and carries four kinds of
 state: the audio tail (framing), the mel tail (conv), the GRU hidden state and the
-attention ring (and the running log-mel level when the config levels its input).  Every function below takes tensors, not modules, so the TorchScript
-exporter scripts them unchanged; ``CRNN.init_state/step/stream_reference`` are thin
+attention ring (and a fifth, the running log-mel level, when the config levels its
+input).  Every function below takes tensors, not modules, so the TorchScript exporter
+scripts them unchanged; ``CRNN.init_state/step/stream_reference`` are thin
 wrappers that pass the model's own parameters (``params(model)``).
 
 The streaming log-mel computes its DFT exactly as the exported ONNX graph does: a
