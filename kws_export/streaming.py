@@ -253,6 +253,12 @@ def level_stream(mel: Tensor, level: Tensor, rate: Tensor, block: int = 64) -> T
     return (torch.cat(out, dim=-1) if out else mel), level
 
 
+def level_from_silence(mel: Tensor, rate: Tensor) -> Tensor:
+    """A whole stream levelled as the step levels it from ``init_state``: the level starts
+    at the log-mel of silence (the offline twin of the ``mel_level`` state)."""
+    return level_stream(mel, mel.new_full(mel.shape[:2], SILENCE_LOGMEL), rate)[0]
+
+
 def level_clip(mel: Tensor, rate: Tensor) -> Tensor:
     """A clip on its own (the offline model) has no past to run a level over: the level
     starts at the clip's per-bin mean over frames and runs through the clip as in a stream,
@@ -375,7 +381,7 @@ def reference_outputs(audio: Tensor, gru: nn.GRU, p: Dict[str, Tensor], spec: St
     if mel_transform is not None:
         mel = mel_transform(mel)
     if "level.rate" in p:
-        mel = level_stream(mel, mel.new_full(mel.shape[:2], SILENCE_LOGMEL), p["level.rate"])[0]
+        mel = level_from_silence(mel, p["level.rate"])
     outs, _ = gru(conv_features(mel, p["conv.0.weight"], p["conv.0.bias"], stride))
     context = window_context(outs, attention_energy(outs, p), spec.window_steps)
     return keyword_prob(context, p), outs

@@ -423,15 +423,13 @@ def test_levelled_model_quantizes_and_runs_in_the_runtime(tmp_path):
     with torch.no_grad():
         want = model.stream_reference(torch.from_numpy(audio)[None])[0].numpy()
     assert ((want >= 0.5) == step_labels(ends, len(want))).mean() > 0.8  # a model that decides
-    files = {"fp32": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.onnx", streaming=True),
-             "int8": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.int8.onnx", streaming=True,
-                                      int8=True, speech=SYNTHESIZED),
-             "int8w": export_onnx_file(tmp_path / "lv.pt", tmp_path / "lv.stream.int8w.onnx", streaming=True,
-                                       int8=True, int8_mode="weights")}
-    for name, desc in files.items():
+    variants = {"fp32": ("lv.stream.onnx", {}), "int8": ("lv.stream.int8.onnx", {"int8": True, "speech": SYNTHESIZED}),
+                "int8w": ("lv.stream.int8w.onnx", {"int8": True, "int8_mode": "weights"})}
+    for name, (filename, options) in variants.items():
+        path = tmp_path / filename
+        desc = export_onnx_file(tmp_path / "lv.pt", path, streaming=True, **options)
         assert desc["inputs"]["mel_level"] == [1, 40], name
-    for name, path in (("fp32", "lv.stream.onnx"), ("int8", "lv.stream.int8.onnx"), ("int8w", "lv.stream.int8w.onnx")):
-        det = Detector(str(tmp_path / path))
+        det = Detector(str(path))
         det.process(audio)
         det.flush()
         got = np.asarray(det.probs)[: len(want)]

@@ -110,8 +110,7 @@ class Int8SimCRNN(CRNN):
         # uncentred frames after the zero prefix: the streaming frontend, computed with LogMel
         mel = self.frontend(nn.functional.pad(audio, (spec.prefix_samples, 0)), center=False)
         if spec.level:
-            mel = streaming.level_stream(mel, mel.new_full(mel.shape[:2], streaming.SILENCE_LOGMEL),
-                                         torch.tensor(self.config.level_rate))[0]
+            mel = streaming.level_from_silence(mel, torch.tensor(self.config.level_rate))
         feats = self.conv_features(self._q("mel", mel))
         outs = self._gru(feats)
         context = streaming.window_context(outs, self._energy(outs), spec.window_steps)

@@ -146,9 +146,10 @@ class CRNNStreamer(PieceStreamer):
         self._h = None
         self._outs = torch.zeros(1, spec.window_steps - 1, spec.hidden, device=self.device)
         self._energy = torch.full((1, spec.window_steps - 1), streaming.ENERGY_FILL, device=self.device)
-        # a levelled model: the running level and the levelled frames the next conv column still needs
-        self._level = torch.full((1, spec.n_mels), streaming.SILENCE_LOGMEL, device=self.device)
-        self._levelled_tail = torch.zeros(1, spec.n_mels, spec.mel_tail, device=self.device)
+        if spec.level:  # the running level and the levelled frames the next conv column still needs
+            start = streaming.init_state(spec)
+            self._level = start["mel_level"].to(self.device)
+            self._levelled_tail = start["mel_tail"].to(self.device)
 
     @torch.no_grad()
     def _steps(self, x: np.ndarray) -> np.ndarray:
